@@ -1,0 +1,356 @@
+"""Agent command line: ``python -m edgekit.agent run --request REQ.json`` (or ``python agent.pyz run ...``).
+
+Prints exactly one JSON object on stdout, success or failure, because the host parses it over SSH; logs
+and tracebacks go to stderr. While the agent works, file descriptor 1 is pointed at stderr, so a runtime
+that prints from C code cannot corrupt the JSON.
+
+Stages, as reported in errors: ``request`` (reading and checking the request and the inputs file),
+``load`` (importing the runtime, constructing the runner), ``warmup`` (preparing inputs, first inference,
+warm-up loop), ``run`` (timed loop, statistics, memory, energy).
+Exit codes: 0 ok, 1 other failure, 2 bad request, 3 runtime missing.
+
+``python -m edgekit.agent info`` prints which runtimes import here (for device checks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any, Iterator, Optional, TextIO
+
+AGENT_VERSION = "1"
+EXIT_OK, EXIT_FAILURE, EXIT_BAD_REQUEST, EXIT_RUNTIME_MISSING = 0, 1, 2, 3
+FORMATS = ("executorch", "onnx", "tflite")  # mirrors runtimes.FORMATS; checked by a test
+
+TIMING_NOTE = "perf_counter_ns around each invoke only; inputs prepared before; gc disabled while timing"
+MEMORY_NOTE = "whole-process peak (interpreter, numpy, runtime, model, inputs); MiB = 2**20 bytes"
+
+log = logging.getLogger("edgekit-agent")
+
+
+class AgentError(Exception):
+    """A failure to report as ``{"ok": false, "error": {...}}`` with an exit code."""
+
+    def __init__(self, stage: str, type_: str, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.stage, self.type, self.message, self.exit_code = stage, type_, message, exit_code
+
+    def response(self) -> dict[str, Any]:
+        error = {"stage": self.stage, "type": self.type, "message": self.message}
+        return {"ok": False, "agent_version": AGENT_VERSION, "error": error}
+
+
+def bad_request(message: str, type_: str = "BadRequest") -> AgentError:
+    return AgentError("request", type_, message, EXIT_BAD_REQUEST)
+
+
+@contextlib.contextmanager
+def stage(name: str) -> Iterator[None]:
+    """Turn any exception raised in a stage into an AgentError naming the stage."""
+    try:
+        yield
+    except AgentError:
+        raise
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        missing = type(exc).__name__ == "RuntimeMissing"
+        code = EXIT_RUNTIME_MISSING if missing else EXIT_FAILURE
+        raise AgentError(name, type(exc).__name__, str(exc), code) from exc
+
+
+# ---- request ----------------------------------------------------------------------------------------
+
+_INT, _NUMBER, _STR = "an integer", "a number", "a string"
+# field -> (kind, lowest allowed value)
+REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
+    "artifact": (_STR, None),
+    "format": (_STR, None),
+    "inputs": (_STR, None),
+    "threads": (_INT, 1),
+    "warmup_iterations": (_INT, 0),
+    "warmup_seconds": (_NUMBER, 0),
+    "min_iterations": (_INT, 1),
+    "min_seconds": (_NUMBER, 0),
+    "max_seconds": (_NUMBER, 0),
+}
+OPTIONAL_FIELDS = ("energy",)
+
+
+def read_request(path: str) -> dict[str, Any]:
+    """Load and validate the request file; errors name the field and the bad value."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            request = json.load(f)
+    except FileNotFoundError as exc:
+        raise bad_request(f"request file not found: {path}", "FileNotFoundError") from exc
+    except (OSError, ValueError) as exc:
+        raise bad_request(f"cannot read request {path}: {exc}", type(exc).__name__) from exc
+    validate_request(request)
+    return request
+
+
+def validate_request(request: Any) -> None:
+    if not isinstance(request, dict):
+        raise bad_request(f"request must be a JSON object, got {type(request).__name__}")
+    unknown = sorted(set(request) - set(REQUEST_FIELDS) - set(OPTIONAL_FIELDS))
+    if unknown:
+        raise bad_request(f"unknown request field(s) {unknown}; valid: {sorted([*REQUEST_FIELDS, *OPTIONAL_FIELDS])}")
+    for name, (kind, lowest) in REQUEST_FIELDS.items():
+        if name not in request:
+            raise bad_request(f"missing request field '{name}' ({kind})")
+        _check_field(name, request[name], kind, lowest)
+    if request["format"] not in FORMATS:
+        raise bad_request(f"request field 'format' is {request['format']!r}; valid: {', '.join(FORMATS)}")
+    if request["max_seconds"] <= 0 or request["max_seconds"] < request["min_seconds"]:
+        value = request["max_seconds"]
+        raise bad_request(f"request field 'max_seconds' is {value!r}; it must be > 0 and >= min_seconds")
+    _check_energy(request.get("energy"))
+    for name in ("artifact", "inputs"):
+        if not os.path.isfile(request[name]):
+            raise bad_request(f"request field '{name}': file not found: {request[name]}", "FileNotFoundError")
+
+
+def _check_field(name: str, value: Any, kind: str, lowest: Optional[float]) -> None:
+    ok_type = {
+        _STR: isinstance(value, str) and value != "",
+        _INT: isinstance(value, int) and not isinstance(value, bool),
+        _NUMBER: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+    }[kind]
+    if not ok_type:
+        raise bad_request(f"request field '{name}' must be {kind}, got {value!r}")
+    if lowest is not None and value < lowest:
+        raise bad_request(f"request field '{name}' must be >= {lowest:g}, got {value!r}")
+
+
+def _check_energy(energy: Any) -> None:
+    if energy is None:
+        return
+    if not isinstance(energy, dict) or set(energy) - {"sysfs_root"}:
+        raise bad_request(f"request field 'energy' must be null or {{\"sysfs_root\": \"/\"}}, got {energy!r}")
+    if not isinstance(energy.get("sysfs_root", "/"), str):
+        raise bad_request(f"request field 'energy.sysfs_root' must be a string, got {energy['sysfs_root']!r}")
+
+
+def load_inputs(path: str) -> list[Any]:
+    """Positional inputs from an ``np.savez`` file (arr_0, arr_1, ...), fully read into memory now."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            names = sorted(npz.files, key=lambda n: int(n[4:]) if n.startswith("arr_") and n[4:].isdigit() else -1)
+            expected = [f"arr_{i}" for i in range(len(names))]
+            if names != expected:
+                raise ValueError(f"arrays must be named {expected} (np.savez positional), found {sorted(npz.files)}")
+            return [np.array(npz[n]) for n in names]
+    except Exception as exc:  # OSError, ValueError, zipfile.BadZipFile...: all mean a bad inputs file
+        raise bad_request(f"request field 'inputs': cannot load {path}: {exc}", type(exc).__name__) from exc
+
+
+# ---- run --------------------------------------------------------------------------------------------
+
+
+def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Load, warm up, time, and describe one artifact, in that order (see the module docstring)."""
+    modules = _import_agent_modules()
+    inputs = load_inputs(request["inputs"])
+    runner, import_ms, load_ms, rss_after_load = _load(modules.runtimes, modules.measure, request)
+    gc.collect()
+    gc.disable()  # as timeit does: a collection pass inside the timed region is not the model's cost
+    try:
+        with stage("warmup"):
+            prepared = runner.prepare(inputs)
+            _, first_ms = modules.measure.timed_call(runner.invoke, prepared)
+            warm = _warm_up(modules.measure, runner, prepared, request)
+        with stage("run"):
+            sensor, reason = _energy_sensor(modules.energy, request.get("energy", {}))
+            before = _read_sensor(sensor)
+            loop = modules.measure.timed_loop(runner.invoke, prepared, request["min_iterations"],
+                                              request["min_seconds"], request["max_seconds"])
+            after = _read_sensor(sensor)
+    finally:
+        gc.enable()
+    log.info("%d iterations in %.3f s", loop.iterations, loop.seconds)
+    with stage("run"):
+        # Peak memory is read before the samples are turned into JSON-ready lists, which is not the model's.
+        rss_peak, method = modules.measure.peak_rss_mib()
+        files = modules.measure.artifact_files(request["artifact"], request["format"])
+        return {
+            "ok": True,
+            "agent_version": AGENT_VERSION,
+            "format": request["format"],
+            "artifact": request["artifact"],
+            "artifact_bytes": sum(os.path.getsize(f) for f in files),
+            "artifact_files": files,
+            "runtime": runner.info(),
+            "threads": request["threads"],
+            "runtime_import_ms": import_ms,
+            "load_ms": load_ms,
+            "first_inference_ms": first_ms,
+            "warmup": {"iterations": warm[0], "seconds": warm[1]},
+            "latency_ms": modules.measure.latency_stats(loop.samples_ns),
+            "iterations": loop.iterations,
+            "timed_seconds": loop.seconds,
+            "truncated": loop.truncated,
+            "timing_note": TIMING_NOTE,
+            "memory": {
+                "peak_rss_mb_after_load": rss_after_load,
+                "peak_rss_mb": rss_peak,
+                "method": method,
+                "note": MEMORY_NOTE,
+            },
+            "energy": _energy_result(modules.energy, sensor, reason, before, after, loop),
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        }
+
+
+def _import_agent_modules() -> Any:
+    """The numpy-using modules, imported late so a device without numpy still gets a JSON answer."""
+    with stage("load"):
+        try:
+            from . import energy, measure, runtimes
+        except ImportError as exc:
+            if exc.name != "numpy":
+                raise
+            message = f"numpy is not installed: {exc}"
+            raise AgentError("load", "RuntimeMissing", message, EXIT_RUNTIME_MISSING) from exc
+    return argparse.Namespace(energy=energy, measure=measure, runtimes=runtimes)
+
+
+def _load(runtimes: Any, measure: Any, request: dict[str, Any]) -> tuple[Any, float, float, Optional[float]]:
+    """Import the runtime, construct the runner (timed as load_ms), then read peak memory."""
+    with stage("load"):
+        import_ms = runtimes.import_runtime(request["format"])
+        runner, load_ms = measure.timed_call(
+            runtimes.load_runner, request["format"], request["artifact"], request["threads"])
+    rss_after_load, _ = measure.peak_rss_mib()
+    log.info("loaded %s in %.1f ms (runtime import %.1f ms)", request["artifact"], load_ms, import_ms)
+    return runner, import_ms, load_ms, rss_after_load
+
+
+def _warm_up(measure: Any, runner: Any, prepared: Any, request: dict[str, Any]) -> tuple[int, float]:
+    """Warm-up until both warm-up minimums are met (bounded by max_seconds); (iterations, seconds)."""
+    if request["warmup_iterations"] == 0 and request["warmup_seconds"] == 0:
+        return 0, 0.0
+    warm = measure.timed_loop(runner.invoke, prepared, request["warmup_iterations"],
+                              request["warmup_seconds"], request["max_seconds"])
+    return warm.iterations, warm.seconds
+
+
+def _energy_sensor(energy: Any, config: Optional[dict[str, Any]]) -> tuple[Any, str]:
+    if config is None:
+        return None, "disabled by request"
+    return energy.find_sensor(config.get("sysfs_root", "/"))
+
+
+def _read_sensor(sensor: Any) -> Any:
+    """A reading, or the error text: a sensor failing mid-run must not fail the benchmark."""
+    if sensor is None:
+        return None
+    try:
+        return sensor.read()
+    except (OSError, ValueError) as exc:
+        return f"reading {sensor.source} failed: {type(exc).__name__}: {exc}"
+
+
+def _energy_result(energy: Any, sensor: Any, reason: str, before: Any, after: Any, loop: Any) -> dict[str, Any]:
+    if sensor is None:
+        return energy.unavailable(reason)
+    for reading in (before, after):
+        if isinstance(reading, str):
+            return energy.unavailable(reading, sensor.source)
+    return energy.energy_result(sensor, before, after, loop.seconds, loop.iterations)
+
+
+def info() -> dict[str, Any]:
+    with stage("load"):
+        from . import runtimes
+
+        return {"ok": True, "agent_version": AGENT_VERSION, "runtimes": runtimes.available_runtimes(),
+                "python": platform.python_version(), "machine": platform.machine()}
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would print usage and exit 2 without JSON
+        raise bad_request(f"command line: {message}")
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = _Parser(prog="edgekit-agent", description="Benchmark one artifact; prints one JSON object.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+    sub = parser.add_subparsers(dest="command")
+    run_parser = sub.add_parser("run", help="benchmark the artifact described by a request file")
+    run_parser.add_argument("--request", required=True, help="path of the request JSON")
+    sub.add_parser("info", help="list the runtimes that import here")
+    args = parser.parse_args(argv)
+    if args.command is None:
+        raise bad_request("command line: a command is required: run --request REQ.json | info")
+    return args
+
+
+@contextlib.contextmanager
+def stdout_reserved_for_json() -> Iterator[TextIO]:
+    """Yield a stream on the real stdout; meanwhile fd 1 and sys.stdout point at stderr."""
+    sys.stdout.flush()
+    try:
+        saved_fd = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # no usable fd 1: nothing to protect
+        yield sys.stdout
+        return
+    real_stdout, sys.stdout = sys.stdout, sys.stderr
+    try:
+        yield real_stdout
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved_fd, 1)
+        os.close(saved_fd)
+        sys.stdout = real_stdout
+
+
+def _log_to_stderr() -> None:
+    """Our own handler only: runtimes' log records keep their own format and are not labelled as ours."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("edgekit-agent: %(message)s"))
+        log.addHandler(handler)
+        log.propagate = False
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    _log_to_stderr()
+    with stdout_reserved_for_json() as out:
+        response, code = _respond(argv)
+    out.write(json.dumps(response, allow_nan=False) + "\n")
+    out.flush()
+    return code
+
+
+def _respond(argv: Optional[list[str]]) -> tuple[dict[str, Any], int]:
+    try:
+        args = parse_args(argv)
+        log.setLevel(logging.INFO if args.verbose else logging.WARNING)
+        response = info() if args.command == "info" else run(read_request(args.request))
+        json.dumps(response, allow_nan=False)  # fail here, inside the error handling, not after it
+        return response, EXIT_OK
+    except AgentError as exc:
+        return exc.response(), exc.exit_code
+    except (Exception, KeyboardInterrupt) as exc:
+        traceback.print_exc(file=sys.stderr)
+        return AgentError("run", type(exc).__name__, str(exc)).response(), EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

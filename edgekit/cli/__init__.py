@@ -1,0 +1,5 @@
+"""The ``edgekit`` command: a thin layer over the public API (the library never imports this)."""
+
+from edgekit.cli._main import main
+
+__all__ = ["main"]

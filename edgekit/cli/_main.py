@@ -1,0 +1,241 @@
+"""Commands: deploy, profiles, targets, models."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+import edgekit
+from edgekit.errors import EdgekitError
+
+TABLE_COLUMNS = [
+    ("recommended", "rec"), ("target", "target"), ("precision", "prec"), ("artifact_bytes", "KiB"),
+    ("parity_ok", "parity"), ("parity_cosine", "cosine"), ("accuracy", "acc %"),
+    ("latency_ms_p50", "p50 ms"), ("latency_ms_p90", "p90 ms"), ("latency_ms_p99", "p99 ms"),
+    ("iterations", "runs"), ("peak_rss_mb", "RSS MiB"), ("energy_mj_per_inference", "mJ/inf"),
+]
+
+
+def _stderr() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+def _fail(exc: EdgekitError) -> None:
+    _stderr().print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    raise SystemExit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(edgekit.__version__, prog_name="edgekit")
+@click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False), help="Extra folder of profile YAMLs.")
+@click.option("--targets-dir", type=click.Path(file_okay=False), help="Extra folder of target YAMLs.")
+def cli(profiles_dir: str | None, targets_dir: str | None) -> None:
+    """Compress, export, deploy and benchmark PyTorch models on edge devices."""
+    if profiles_dir:
+        os.environ["EDGEKIT_PROFILES"] = os.pathsep.join(filter(None, [os.environ.get("EDGEKIT_PROFILES"), profiles_dir]))
+    if targets_dir:
+        os.environ["EDGEKIT_TARGETS"] = os.pathsep.join(filter(None, [os.environ.get("EDGEKIT_TARGETS"), targets_dir]))
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+@cli.command()
+@click.option("--device", default="local", show_default=True, help="Device name from devices.yaml, or local.")
+@click.option("--model", required=True, help="digits-cnn | mobilenet-v2 | FILE.pt2 | FILE.pt | package.module:function")
+@click.option("--profile", help="Profile name or YAML path (default: the device's).")
+@click.option("--targets", help="Comma-separated targets (default: the profile's).")
+@click.option("--precisions", help="Comma-separated precisions (default: the profile's).")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
+@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
+@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
+@click.option("--threads", type=int, help="Threads for each runtime (default: the profile's).")
+@click.option("--min-iterations", type=int, default=50, show_default=True)
+@click.option("--min-seconds", type=float, default=1.0, show_default=True)
+@click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
+@click.option("--devices", "devices_file", type=click.Path(dir_okay=False), help="devices.yaml to use.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
+           calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: int | None,
+           min_iterations: int, min_seconds: float, out_dir: str, out_file: str | None,
+           devices_file: str | None, as_json: bool) -> None:
+    """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
+    from edgekit.bench.run import BenchConfig
+
+    console = _stderr()
+    try:
+        config = BenchConfig(min_iterations=min_iterations, min_seconds=min_seconds, threads=threads)
+        with console.status("starting") as status:
+            df = edgekit.deploy(
+                model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
+                calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
+                out_dir=out_dir, config=config, devices_file=devices_file,
+                on_event=lambda msg: status.update(msg),
+            )
+    except EdgekitError as exc:
+        _fail(exc)
+    if out_file:
+        write_parquet(df, Path(out_file))
+    if as_json:
+        click.echo(json.dumps(_json_rows(df), indent=2))
+    else:
+        _print_table(df)
+        if out_file:
+            console.print(f"rows written to {out_file}")
+
+
+def write_parquet(df: Any, path: Path) -> None:
+    """Write atomically: a crash never leaves a half-written file under the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _json_rows(df: Any) -> list[dict[str, Any]]:
+    rows = df.to_dict(orient="records")
+    return [{k: _plain(v) for k, v in row.items()} for row in rows]
+
+
+def _plain(v: Any) -> Any:
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, float) and math.isnan(v):
+        return None
+    return v
+
+
+def _fmt(col: str, v: Any) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if col == "recommended":
+        return "*" if v else ""
+    if col == "parity_ok":
+        return "ok" if v else "FAIL"
+    if col == "artifact_bytes":
+        return f"{v / 1024:.0f}"
+    if col == "accuracy":
+        return f"{100 * v:.1f}"
+    if col == "parity_cosine":
+        return f"{v:.4f}"
+    if isinstance(v, float):
+        return f"{v:.3g}" if v < 1 else f"{v:.1f}" if v < 1000 else f"{v:.0f}"
+    return str(v)
+
+
+def _print_table(df: Any) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    first = df.iloc[0] if len(df) else None
+    title = f"{first['model']} on {first['device']} (profile {first['profile']})" if first is not None else "no rows"
+    table = Table(title=title)
+    for _, head in TABLE_COLUMNS:
+        table.add_column(head, justify="right" if head not in ("target", "prec") else "left")
+    for _, row in df.iterrows():
+        table.add_row(*[escape(_fmt(col, row[col])) for col, _ in TABLE_COLUMNS])
+    console = Console()
+    console.print(table)
+    if first is not None and first.get("reference_accuracy") is not None and not _isnan(first["reference_accuracy"]):
+        console.print(f"fp32 PyTorch reference accuracy: {100 * first['reference_accuracy']:.1f} %")
+    energy = df["energy_status"].dropna().unique()
+    if len(energy):
+        console.print(f"energy: {escape(str(energy[0]))}")
+    for _, row in df.iterrows():
+        if row["error"]:
+            console.print(f"[red]{escape(row['target'])} {escape(row['precision'])}:[/] {escape(str(row['error']))}")
+        elif not row["parity_ok"]:
+            console.print(f"[yellow]{escape(row['target'])} {escape(row['precision'])} is out of tolerance, not "
+                          f"recommended:[/] {escape(str(row['parity_failures']))}")
+    if not df["recommended"].any():
+        console.print("[bold red]no artifact is within tolerance and the accuracy budget: none recommended[/]")
+
+
+def _isnan(v: Any) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def profiles(as_json: bool) -> None:
+    """List hardware profiles (built-in and your own)."""
+    try:
+        items = edgekit.list_profiles()
+        host = edgekit.host_profile().name
+    except EdgekitError as exc:
+        _fail(exc)
+    rows = [{"name": p.name, "host": p.name == host, "arch": p.arch, "backend": p.backend,
+             "precisions": p.precisions, "quantization": f"{p.quantization.mode} w:{p.quantization.weight.granularity}"
+             f"{'/sym' if p.quantization.weight.symmetric else '/asym'} a:{p.quantization.activation.dtype}",
+             "pruning": p.pruning.granularity, "targets": p.targets, "threads": p.threads, "source": p.source}
+            for p in items.values()]
+    _print_rows(rows, as_json, "profiles (host: the one `local` uses)")
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List export targets and their parity tolerances."""
+    try:
+        items = edgekit.list_targets()
+    except EdgekitError as exc:
+        _fail(exc)
+    rows = [{"name": t.name, "format": t.format, "extension": t.extension, "precisions": t.precisions,
+             "tolerance": {k: v.model_dump(exclude_none=True) for k, v in t.tolerance.items()}, "source": t.source}
+            for t in items.values()]
+    _print_rows(rows, as_json, "export targets")
+
+
+@cli.command()
+def models() -> None:
+    """List built-in models."""
+    from edgekit.models import BUILTIN
+
+    for name in BUILTIN:
+        click.echo(name)
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=title)
+    keys = [k for k in (rows[0] if rows else []) if k != "source"]  # paths make the table unreadable; --json has them
+    for key in keys:
+        table.add_column(key)
+    for row in rows:
+        table.add_row(*[escape(", ".join(map(str, row[k])) if isinstance(row[k], list) else str(row[k])) for k in keys])
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cli.main(args=argv, prog_name="edgekit", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""``compress``: prepare a model for its profile's precisions.
+
+Quantization is backend-specific: each export target applies the profile's scheme with its own quantizer
+(torchao XNNPACKQuantizer, litert-torch PT2EQuantizer, onnxruntime QDQ), so one calibration set serves
+all of them. ``compress`` validates the model, the scheme and the calibration data once, up front, and
+records the fp32 reference (outputs and accuracy) that every artifact is judged against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from edgekit.compression._calibration import check_calibration, load_calibration_file
+from edgekit.config.profile import Profile, host_profile, load_profile
+from edgekit.errors import CompressError, ModelError, UnknownNameError
+from edgekit.models import Inputs, ModelSpec, as_inputs, load_model
+
+__all__ = ["METHODS", "CompressedModel", "compress", "top1_accuracy"]
+
+# Methods a profile's quantization mode maps to. Later methods (pruning, distillation, QAT, low-rank)
+# register here too.
+METHODS: dict[str, str] = {
+    "static": "post-training static quantization, calibrated",
+    "dynamic": "post-training dynamic quantization (weights int8, activations at run time)",
+}
+
+
+@dataclass
+class CompressedModel:
+    """A model ready for export under ``profile``, with its fp32 reference."""
+
+    spec: ModelSpec
+    profile: Profile
+    calibration: list[Inputs]
+    reference_accuracy: float | None
+    steps: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+def compress(
+    model: str | Path | torch.nn.Module | ModelSpec,
+    profile: str | Path | Profile | None = None,
+    calibration: str | Path | Sequence[Inputs | torch.Tensor] | None = None,
+    *,
+    example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
+    input_shape: str | None = None,
+    allow_pickle: bool = False,
+) -> CompressedModel:
+    """Validate ``model`` for ``profile`` (default: this host's) and attach calibration data.
+
+    ``calibration`` is a file (.npy/.npz/.pt) or a list of samples (each a tensor or a tuple of tensors);
+    built-in models bring their own.
+    """
+    spec = load_model(model, example_inputs=example_inputs, input_shape=input_shape, allow_pickle=allow_pickle)
+    prof = load_profile(profile) if profile is not None else host_profile()
+    mode = prof.quantization.mode
+    if mode not in METHODS:
+        raise UnknownNameError("quantization mode", mode, METHODS, hint=f"set quantization.mode in {prof.source}")
+    _check_forward(spec)
+    samples = _calibration_samples(spec, calibration)
+    needs_calibration = "int8" in prof.precisions and mode == "static"
+    if needs_calibration:
+        if samples is None:
+            raise CompressError(
+                f"model {spec.name!r}: int8 static quantization needs calibration data; pass --calibration "
+                "FILE (.npy/.npz/.pt) or calibration=[...]"
+            )
+        q = prof.quantization.calibration
+        samples = check_calibration(samples, spec.example_inputs, min_samples=q.min_samples, max_samples=q.max_samples)
+    steps = [f"fp32 reference: {spec.origin}"]
+    if "int8" in prof.precisions:
+        w, a = prof.quantization.weight, prof.quantization.activation
+        steps.append(
+            f"int8 {mode} ({METHODS[mode]}): weights {w.granularity} {'symmetric' if w.symmetric else 'asymmetric'}, "
+            f"activations {a.dtype}; applied per target at export"
+        )
+    return CompressedModel(
+        spec=spec, profile=prof, calibration=samples or [],
+        reference_accuracy=top1_accuracy(spec.module, spec) if spec.eval_set else None, steps=steps,
+    )
+
+
+def _check_forward(spec: ModelSpec) -> None:
+    try:
+        with torch.no_grad():
+            spec.module(*spec.example_inputs)
+    except Exception as exc:
+        raise ModelError(
+            f"model {spec.name!r}: forward failed on the example inputs "
+            f"{[tuple(t.shape) for t in spec.example_inputs]}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _calibration_samples(spec: ModelSpec, calibration: str | Path | Sequence | None) -> list[Inputs] | None:
+    if calibration is None:
+        return spec.calibration
+    if isinstance(calibration, (str, Path)):
+        return load_calibration_file(calibration, spec.example_inputs)
+    return [as_inputs(s) for s in calibration]
+
+
+def top1_accuracy(module: torch.nn.Module, spec: ModelSpec) -> float:
+    """Top-1 accuracy of a PyTorch module on the spec's eval set."""
+    assert spec.eval_set is not None
+    with torch.no_grad():
+        preds = [int(_first(module(*x)).argmax(-1).reshape(-1)[0]) for x in spec.eval_set.inputs]
+    return float((torch.tensor(preds) == spec.eval_set.labels).double().mean())
+
+
+def _first(out: object) -> torch.Tensor:
+    while isinstance(out, (tuple, list)):
+        out = out[0]
+    assert isinstance(out, torch.Tensor)
+    return out

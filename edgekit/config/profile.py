@@ -1,0 +1,116 @@
+"""Hardware profiles: what a device's kernels are good at decides how a model is compressed."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+
+from edgekit.config._catalog import Catalog
+from edgekit.errors import ConfigError
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WeightScheme(_Strict):
+    dtype: Literal["int8"] = "int8"
+    granularity: Literal["per_channel", "per_tensor"] = "per_channel"
+    symmetric: bool = True
+
+
+class ActivationScheme(_Strict):
+    # Only backends that offer a choice honour dtype (ONNX QDQ); XNNPACK and LiteRT kernels take int8.
+    dtype: Literal["int8", "uint8"] = "int8"
+    symmetric: bool = False
+
+
+class CalibrationScheme(_Strict):
+    min_samples: PositiveInt = 32
+    max_samples: PositiveInt = 256
+
+
+class QuantizationScheme(_Strict):
+    mode: Literal["static", "dynamic", "qat"] = "static"
+    weight: WeightScheme = WeightScheme()
+    activation: ActivationScheme = ActivationScheme()
+    calibration: CalibrationScheme = CalibrationScheme()
+
+    @property
+    def per_channel(self) -> bool:
+        return self.weight.granularity == "per_channel"
+
+
+class PruningScheme(_Strict):
+    granularity: Literal["none", "unstructured", "channel", "2:4"] = "none"
+
+
+class HostMatch(_Strict):
+    """Which hosts the built-in ``local`` device maps to this profile."""
+
+    arch: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list, description="all must exist, e.g. /etc/nv_tegra_release")
+
+    def matches(self, arch: str) -> bool:
+        if self.arch and arch.lower() not in [a.lower() for a in self.arch]:
+            return False
+        return all(Path(f).exists() for f in self.files) and bool(self.arch or self.files)
+
+
+class Profile(_Strict):
+    """A hardware profile, from ``profiles/NAME.yaml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False)
+
+    name: str
+    description: str = ""
+    arch: str = Field(description="CPU architecture of the device, e.g. aarch64, x86_64")
+    backend: Literal["xnnpack", "qnnpack", "fbgemm", "onednn", "tensorrt"]
+    accelerator: Literal["none", "cuda"] = "none"
+    isa: list[str] = Field(default_factory=list)
+    threads: PositiveInt = 1
+    precisions: list[Precision] = Field(min_length=1)
+    targets: list[str] = Field(min_length=1, description="export targets to try, in order of preference")
+    quantization: QuantizationScheme = QuantizationScheme()
+    pruning: PruningScheme = PruningScheme()
+    match: HostMatch = HostMatch()
+    source: str | None = Field(default=None, exclude=True)
+
+    @field_validator("targets", "precisions")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        dup = sorted({x for x in v if v.count(x) > 1})
+        if dup:
+            raise ValueError(f"listed twice: {', '.join(dup)}")
+        return v
+
+
+PROFILES: Catalog[Profile] = Catalog("profile", Profile, "EDGEKIT_PROFILES")
+
+
+def list_profiles(extra_dir: Path | str | None = None) -> dict[str, Profile]:
+    """All profiles: built-in ones, then folders in ``$EDGEKIT_PROFILES``, then ``extra_dir``."""
+    return PROFILES.all(extra_dir)
+
+
+def load_profile(name_or_path: str | Path | Profile, extra_dir: Path | str | None = None) -> Profile:
+    """A profile by name (``pi4``) or by path to a YAML file; unknown names list the valid ones."""
+    return PROFILES.get(name_or_path, extra_dir)
+
+
+def host_profile(extra_dir: Path | str | None = None, arch: str | None = None) -> Profile:
+    """The profile whose ``match`` fits this host; profiles with file conditions win (more specific)."""
+    arch = arch or platform.machine()
+    candidates = [p for p in list_profiles(extra_dir).values() if p.match.matches(arch)]
+    if not candidates:
+        raise ConfigError(
+            f"no profile matches this host (arch {arch}); pass --profile NAME or add a profile "
+            "with a 'match: {arch: [...]}' entry",
+        )
+    candidates.sort(key=lambda p: (-len(p.match.files), p.name))
+    return candidates[0]

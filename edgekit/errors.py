@@ -1,0 +1,133 @@
+"""The one error tree of edgekit.
+
+Every error edgekit raises on purpose derives from :class:`EdgekitError`, so a pipeline can catch one
+type. Lower-layer errors (pydantic, yaml, runtimes, subprocess) are translated at the boundary with
+``raise ... from exc`` so the cause stays visible.
+
+::
+
+    EdgekitError
+    ├── ConfigError            a YAML/config value is wrong; names file, line and field
+    │   └── UnknownNameError   a profile/target/model/device/method name is not known; lists valid ones
+    ├── ModelError             a model cannot be loaded or its forward fails
+    ├── CalibrationError       calibration data is missing, too small, or of the wrong shape/dtype
+    ├── CompressError          a compression method failed
+    ├── ExportError            a target could not export a model; names the target and, if known, the op
+    ├── RuntimeRunError        an artifact could not be loaded or run in its runtime
+    ├── DeviceError            a device cannot be used (unsupported kind, unreachable, ...)
+    └── AgentError             the benchmark agent failed; carries the command, exit code, output tail
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from typing import Iterable, Sequence
+
+__all__ = [
+    "AgentError",
+    "CalibrationError",
+    "CompressError",
+    "ConfigError",
+    "DeviceError",
+    "EdgekitError",
+    "ExportError",
+    "ModelError",
+    "RuntimeRunError",
+    "UnknownNameError",
+]
+
+
+class EdgekitError(Exception):
+    """Root of all edgekit errors."""
+
+
+class ConfigError(EdgekitError):
+    """A configuration value is invalid.
+
+    ``source`` is the file (and line, when known) and ``field`` the dotted field path.
+    """
+
+    def __init__(self, message: str, *, source: str | None = None, field: str | None = None) -> None:
+        self.source = source
+        self.field = field
+        prefix = ""
+        if source:
+            prefix += f"{source}: "
+        if field:
+            prefix += f"field '{field}': "
+        super().__init__(prefix + message)
+
+
+class UnknownNameError(ConfigError):
+    """A name was looked up in a registry that does not hold it."""
+
+    def __init__(self, kind: str, name: str, valid: Iterable[str], *, hint: str = "") -> None:
+        self.kind = kind
+        self.name = name
+        self.valid = sorted(valid)
+        close = get_close_matches(name, self.valid, n=1)
+        msg = f"unknown {kind} {name!r}; valid: {', '.join(self.valid) or '(none)'}"
+        if close:
+            msg += f" (did you mean {close[0]!r}?)"
+        if hint:
+            msg += f". {hint}"
+        super().__init__(msg)
+
+
+class ModelError(EdgekitError):
+    """A model could not be loaded, or its forward pass failed."""
+
+
+class CalibrationError(EdgekitError):
+    """Calibration data is unusable for quantization."""
+
+
+class CompressError(EdgekitError):
+    """A compression step failed."""
+
+
+class ExportError(EdgekitError):
+    """A target could not export a model."""
+
+    def __init__(self, target: str, message: str, *, op: str | None = None) -> None:
+        self.target = target
+        self.op = op
+        where = f"target {target!r}"
+        if op:
+            where += f", op {op}"
+        super().__init__(f"{where}: {message}")
+
+
+class RuntimeRunError(EdgekitError):
+    """An artifact could not be loaded or executed by its runtime."""
+
+
+class DeviceError(EdgekitError):
+    """A device cannot be used for the requested operation."""
+
+
+class AgentError(EdgekitError):
+    """The on-device agent failed. The message carries the command, exit code and output tail."""
+
+    def __init__(
+        self, message: str, *, command: Sequence[str] = (), exit_code: int | None = None,
+        stdout: str = "", stderr: str = "",
+    ) -> None:
+        self.command = list(command)
+        self.exit_code = exit_code
+        self.stdout = stdout
+        self.stderr = stderr
+        parts = [message]
+        if self.command:
+            parts.append(f"command: {' '.join(self.command)}")
+        if exit_code is not None:
+            parts.append(f"exit code: {exit_code}")
+        for name, text in (("stdout", stdout), ("stderr", stderr)):
+            tail = _tail(text)
+            if tail:
+                parts.append(f"last lines of {name}:\n{tail}")
+        super().__init__("\n".join(parts))
+
+
+def _tail(text: str, lines: int = 15) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
