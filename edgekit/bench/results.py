@@ -64,6 +64,10 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = None
     df = df[COLUMNS + [c for c in df.columns if c not in COLUMNS]]
+    for col in df.columns:
+        if df[col].dtype == object or pd.api.types.is_string_dtype(df[col]):
+            # pandas 3 stores text as "str" with NaN for missing; a missing error must be None, not a truthy NaN.
+            df[col] = df[col].astype(object).where(df[col].notna(), None)
     return mark_recommended(df)
 
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from edgekit.compression._calibration import check_calibration, load_calibration_file
@@ -38,10 +39,22 @@ class CompressedModel:
     calibration: list[Inputs]
     reference_accuracy: float | None
     steps: list[str] = field(default_factory=list)
+    _reference: list[list[np.ndarray]] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    def reference_outputs(self) -> list[list[np.ndarray]]:
+        """PyTorch fp32 outputs on the parity inputs, computed once for all artifacts."""
+        if self._reference is None:
+            from edgekit.exporters.parity import reference_outputs
+
+            self._reference = reference_outputs(self.spec, self.parity_inputs())
+        return self._reference
+
+    def parity_inputs(self) -> list[Inputs]:
+        return self.spec.parity_batch(self.calibration)
 
 
 def compress(

@@ -52,9 +52,9 @@ def split_samples(arrays: Sequence[torch.Tensor], example: Inputs, source: str) 
         raise CalibrationError(f"{source}: holds {len(arrays)} input array(s), the model takes {len(example)}")
     per_input: list[list[torch.Tensor]] = []
     for i, (arr, ex) in enumerate(zip(arrays, example)):
-        if arr.dim() == ex.dim() + 1:
+        if arr.dim() == ex.dim() + 1 and arr.shape[1:] == ex.shape:
             samples = [a for a in arr]
-        elif arr.dim() == ex.dim() and ex.shape[0] == 1:
+        elif arr.dim() == ex.dim() and ex.shape[0] == 1 and arr.shape[1:] == ex.shape[1:]:
             samples = [a.unsqueeze(0) for a in arr]
         else:
             raise CalibrationError(

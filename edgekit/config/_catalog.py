@@ -53,7 +53,7 @@ class Catalog(Generic[M]):
                 f"name {name!r} does not match the file name; rename the file to {name}.yaml or set name: {path.stem}",
                 source=f"{path}:{lines.get(('name',), 1)}", field="name",
             )
-        object.__setattr__(item, "source", str(path))
+        setattr(item, "source", str(path))  # where it came from, for messages and `edgekit profiles --json`
         return item
 
     def all(self, extra: Path | str | None = None) -> dict[str, M]:

@@ -107,17 +107,20 @@ def export_one(cm: CompressedModel, target: Target, precision: str, out_dir: Pat
         tmp.chmod(0o755)  # mkdtemp makes it 0700
         tmp.rename(final)
     except Exception as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         art.error = f"{_describe(exc, target)} (toolchain log: {log})"
         art.export_seconds = time.perf_counter() - start
         return art
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already on success; on failure or Ctrl-C, never left half-done
     art.export_seconds = time.perf_counter() - start
     art.path = final / main.name
     art.files = sorted(p for p in final.iterdir() if p.is_file())
     art.bytes = sum(p.stat().st_size for p in art.files)
     if check:
+        start = time.perf_counter()
         with captured_output(log):
             _check(art, cm, target)
+        art.check_seconds = time.perf_counter() - start
     return art
 
 
@@ -151,7 +154,8 @@ def _check(art: Artifact, cm: CompressedModel, target: Target) -> None:
 
     try:
         runner = load_runner(target.format, str(art.path), threads=cm.profile.threads)
-        art.parity = check_parity(runner, cm.spec, target.tolerance_for(art.precision))
+        art.parity = check_parity(runner, cm.parity_inputs(), cm.reference_outputs(),
+                                  target.tolerance_for(art.precision))
         art.accuracy = runner_accuracy(runner, cm.spec)
     except Exception as exc:
         art.error = f"{target.name}: exported, but running it failed: {type(exc).__name__}: {exc}"

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from edgekit.compression import CompressedModel
+from edgekit.errors import ExportError
 
 
 def capture(cm: CompressedModel) -> torch.export.ExportedProgram:
@@ -14,7 +15,11 @@ def capture(cm: CompressedModel) -> torch.export.ExportedProgram:
 
 
 def quantize_pt2e(cm: CompressedModel, quantizer: Any, *, fold_quantize: bool = True) -> torch.fx.GraphModule:
-    """prepare_pt2e -> run the calibration samples -> convert_pt2e."""
+    """prepare_pt2e -> run the calibration samples -> convert_pt2e.
+
+    One sample at a time: batching needs a dynamic-batch capture, which cost as much as it saved
+    (measured on mobilenet-v2: the observers, not the batch size, dominate).
+    """
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     prepared = prepare_pt2e(capture(cm).module(), quantizer)
@@ -26,8 +31,6 @@ def quantize_pt2e(cm: CompressedModel, quantizer: Any, *, fold_quantize: bool = 
 
 def check_scheme(cm: CompressedModel, target: str, *, asymmetric_weights: bool = False) -> None:
     """Refuse a scheme the backend's quantizer cannot honour, rather than quietly use another."""
-    from edgekit.errors import ExportError
-
     w = cm.profile.quantization.weight
     if not w.symmetric and not asymmetric_weights:
         raise ExportError(target, f"this quantizer supports only symmetric int8 weights; set "

@@ -45,6 +45,7 @@ class Artifact:
     accuracy: float | None = None
     reference_accuracy: float | None = None
     export_seconds: float | None = None
+    check_seconds: float | None = None
     error: str | None = None
     notes: list[str] = field(default_factory=list)
 

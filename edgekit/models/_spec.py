@@ -38,13 +38,14 @@ class ModelSpec:
     origin: str = "python"
     notes: list[str] = field(default_factory=list)
 
-    def parity_batch(self) -> list[Inputs]:
+    def parity_batch(self, calibration: list[Inputs] | None = None) -> list[Inputs]:
+        """What artifacts are compared on: parity inputs, else the eval set, else calibration samples."""
         if self.parity_inputs:
             return self.parity_inputs
         if self.eval_set is not None:
             return self.eval_set.inputs[:64]
-        if self.calibration:
-            return self.calibration[:32]
+        if calibration or self.calibration:
+            return (calibration or self.calibration or [])[:32]
         return [self.example_inputs]
 
 

@@ -93,3 +93,17 @@ def test_benchmark_takes_artifacts_from_export(tmp_path: Path) -> None:
 
     df = edgekit.benchmark(arts, device="local", config=BenchConfig(min_iterations=20, min_seconds=0.1))
     assert len(df) == 1 and df.loc[0, "iterations"] >= 20 and bool(df.loc[0, "recommended"])
+
+
+def test_profile_override_runs_another_profiles_artifacts_here(tmp_path: Path) -> None:
+    """jetson-orin on this CPU: fp16 and symmetric-activation int8 ONNX, checked with onnxruntime's CPU
+    provider (no Jetson is lent to this project; TensorRT itself is not exercised)."""
+    from edgekit.bench.run import BenchConfig
+
+    df = edgekit.deploy("digits-cnn", profile="jetson-orin", out_dir=tmp_path,
+                        config=BenchConfig(min_iterations=10, min_seconds=0.05))
+    assert sorted(zip(df["target"], df["precision"])) == [("onnx", "fp16"), ("onnx", "int8")]
+    assert set(df["profile"]) == {"jetson-orin"} and set(df["threads"]) == {6}
+    fp16 = df[df.precision == "fp16"].iloc[0]
+    assert fp16["parity_ok"] and 0 < fp16["parity_max_abs_err"] < 0.1  # half precision, not fp32 renamed
+    assert df["error"].isna().all()

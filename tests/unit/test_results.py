@@ -52,3 +52,8 @@ def test_one_recommendation_per_device_and_model() -> None:
     df = to_frame([row("onnx", "fp32", 1.0, device="a"), row("onnx", "int8", 0.5, device="a"),
                    row("onnx", "fp32", 2.0, device="b")])
     assert sorted(df[df["recommended"]]["device"]) == ["a", "b"]
+
+
+def test_missing_text_is_none_not_a_truthy_nan() -> None:
+    df = to_frame([row("onnx", "fp32", 1.0), row("tflite", "fp32", None, error="boom")])
+    assert df.loc[0, "error"] is None and df.loc[1, "error"] == "boom"
