@@ -41,12 +41,16 @@ def export(
     *,
     precisions: Sequence[str] | None = None,
     check: bool = True,
+    jobs: int | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> "list[Artifact]":
-    """Export to each target x precision and check parity in each artifact's runtime."""
+    """Export to each target x precision and check parity in each artifact's runtime.
+
+    ``jobs`` processes export at once (default: one per core).
+    """
     from edgekit.exporters import export as _export
 
-    return _export(compressed, targets, out_dir, precisions=precisions, check=check, on_event=on_event)
+    return _export(compressed, targets, out_dir, precisions=precisions, check=check, jobs=jobs, on_event=on_event)
 
 
 def benchmark(

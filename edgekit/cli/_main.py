@@ -28,6 +28,13 @@ def _stderr() -> Any:
     return Console(stderr=True)
 
 
+def _stdout() -> Any:
+    """A terminal gets its own width; a pipe or file gets rows that are not squeezed to 80 columns."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
 def _fail(exc: EdgekitError) -> None:
     _stderr().print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
     raise SystemExit(2)
@@ -134,7 +141,6 @@ def _fmt(col: str, v: Any) -> str:
 
 
 def _print_table(df: Any) -> None:
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -145,7 +151,7 @@ def _print_table(df: Any) -> None:
         table.add_column(head, justify="right" if head not in ("target", "prec") else "left")
     for _, row in df.iterrows():
         table.add_row(*[escape(_fmt(col, row[col])) for col, _ in TABLE_COLUMNS])
-    console = Console()
+    console = _stdout()
     console.print(table)
     if first is not None and first.get("reference_accuracy") is not None and not _isnan(first["reference_accuracy"]):
         console.print(f"fp32 PyTorch reference accuracy: {100 * first['reference_accuracy']:.1f} %")
@@ -210,7 +216,6 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
@@ -220,7 +225,7 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
         table.add_column(key)
     for row in rows:
         table.add_row(*[escape(", ".join(map(str, row[k])) if isinstance(row[k], list) else str(row[k])) for k in keys])
-    Console().print(table)
+    _stdout().print(table)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from edgekit.config.profile import Profile, host_profile, load_profile
 from edgekit.errors import CompressError, ModelError, UnknownNameError
 from edgekit.models import Inputs, ModelSpec, as_inputs, load_model
 
-__all__ = ["METHODS", "CompressedModel", "compress", "top1_accuracy"]
+__all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
 
 # Methods a profile's quantization mode maps to. Later methods (pruning, distillation, QAT, low-rank)
 # register here too.
@@ -48,8 +48,6 @@ class CompressedModel:
     def reference_outputs(self) -> list[list[np.ndarray]]:
         """PyTorch fp32 outputs on the parity inputs, computed once for all artifacts."""
         if self._reference is None:
-            from edgekit.exporters.parity import reference_outputs
-
             self._reference = reference_outputs(self.spec, self.parity_inputs())
         return self._reference
 
@@ -132,3 +130,17 @@ def _first(out: object) -> torch.Tensor:
         out = out[0]
     assert isinstance(out, torch.Tensor)
     return out
+
+
+def flat_outputs(out: object) -> list[np.ndarray]:
+    """A module's outputs (tensor, tuple, list, nested) as a flat list of float arrays."""
+    if isinstance(out, torch.Tensor):
+        return [out.detach().float().numpy()]
+    if isinstance(out, (tuple, list)):
+        return [a for o in out for a in flat_outputs(o)]
+    raise TypeError(f"unsupported model output type {type(out).__name__}")
+
+
+def reference_outputs(spec: ModelSpec, samples: Sequence[Inputs]) -> list[list[np.ndarray]]:
+    with torch.no_grad():
+        return [flat_outputs(spec.module(*s)) for s in samples]

@@ -47,16 +47,21 @@ def export(
     *,
     precisions: Sequence[str] | None = None,
     check: bool = True,
+    jobs: int | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> list[Artifact]:
     """Export ``compressed`` to each target (default: its profile's, in order) and precision.
 
     ``check`` runs parity (and accuracy, when the model has an eval set) in each artifact's runtime.
+    ``jobs`` worker processes export at once (default: one per core; 1 exports in this process).
     """
     prof = compressed.profile
     resolved = [load_target(t) for t in (targets or prof.targets)]
     wanted = list(precisions or prof.precisions)
-    inputs = write_example_inputs(compressed, Path(out_dir))
+    out = Path(out_dir)
+    inputs = write_example_inputs(compressed, out)
+    tasks = [(t, p) for t in resolved for p in wanted if p in t.precisions]
+    done = _export_all(compressed, tasks, out, check=check, jobs=jobs, on_event=on_event)
     artifacts: list[Artifact] = []
     for target in resolved:
         usable = [p for p in wanted if p in target.precisions]
@@ -65,12 +70,31 @@ def export(
                                        error=f"target {target.name!r} supports {target.precisions}, "
                                              f"the profile asks for {wanted}"))
         for precision in usable:
-            if on_event:
-                on_event(f"exporting {target.name} {precision}")
-            art = export_one(compressed, target, precision, Path(out_dir), check=check)
+            art = done[(target.name, precision)]
             art.inputs = inputs
             artifacts.append(art)
     return artifacts
+
+
+def _export_all(
+    cm: CompressedModel, tasks: list[tuple[Target, str]], out: Path, *, check: bool, jobs: int | None,
+    on_event: Callable[[str], None] | None,
+) -> dict[tuple[str, str], Artifact]:
+    from edgekit.exporters._parallel import export_parallel, payload
+
+    workers = min(jobs or os.cpu_count() or 1, len(tasks))
+    done: dict[tuple[str, str], Artifact] = {}
+    if workers > 1:
+        if check:
+            cm.reference_outputs()  # once, here, and pickled along, rather than in every worker
+        data = payload(cm)
+        if data is not None:
+            done, tasks = export_parallel(data, tasks, out, check=check, workers=workers, on_event=on_event)
+    for target, precision in tasks:
+        if on_event:
+            on_event(f"exporting {target.name} {precision}")
+        done[(target.name, precision)] = export_one(cm, target, precision, out, check=check)
+    return done
 
 
 def write_example_inputs(cm: CompressedModel, out_dir: Path) -> Path:

@@ -5,26 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
 
 from edgekit.agent.runtimes import Runner
 from edgekit.config.target import Tolerance
 from edgekit.exporters.base import ParityResult
 from edgekit.models import Inputs, ModelSpec
-
-
-def flat_outputs(out: object) -> list[np.ndarray]:
-    """A module's outputs (tensor, tuple, list, nested) as a flat list of float arrays."""
-    if isinstance(out, torch.Tensor):
-        return [out.detach().float().numpy()]
-    if isinstance(out, (tuple, list)):
-        return [a for o in out for a in flat_outputs(o)]
-    raise TypeError(f"unsupported model output type {type(out).__name__}")
-
-
-def reference_outputs(spec: ModelSpec, samples: Sequence[Inputs]) -> list[list[np.ndarray]]:
-    with torch.no_grad():
-        return [flat_outputs(spec.module(*s)) for s in samples]
 
 
 def to_numpy(sample: Inputs) -> list[np.ndarray]:

@@ -102,3 +102,33 @@ def test_unknown_names_list_the_valid_ones() -> None:
                                         example_inputs=torch.randn(1, 3, 8, 8)), targets=["tensorrt"])
     with pytest.raises(UnknownNameError, match="unknown device 'pi4'"):
         edgekit.deploy("digits-cnn", device="pi4")
+
+
+def test_parallel_and_serial_export_agree(tmp_path: Path) -> None:
+    x = torch.randn(1, 3, 8, 8)
+    calib = [torch.randn(1, 3, 8, 8) for _ in range(32)]
+    runs = {}
+    for jobs in (1, 2):
+        events: list[str] = []
+        cm = edgekit.compress(small_cnn(), "x86", calib, example_inputs=x)
+        arts = edgekit.export(cm, targets=["onnx", "tflite"], out_dir=tmp_path / f"jobs{jobs}", jobs=jobs,
+                              on_event=events.append)
+        assert all(a.ok for a in arts), [(a.target, a.precision, a.error) for a in arts]
+        assert any("(worker 2)" in e for e in events) == (jobs == 2), events
+        runs[jobs] = [(a.target, a.precision, a.bytes) for a in arts]
+    assert runs[1] == runs[2]  # same artifacts, byte counts included, whichever process made them
+
+
+def test_a_model_other_interpreters_cannot_load_is_exported_here(tmp_path: Path) -> None:
+    class Local(torch.nn.Module):  # defined in a function: a worker process could not unpickle it
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(6, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(self.fc(x))
+
+    events: list[str] = []
+    cm = edgekit.compress(Local().eval(), "x86", [torch.randn(1, 6) for _ in range(32)], example_inputs=torch.randn(1, 6))
+    arts = edgekit.export(cm, targets=["onnx"], out_dir=tmp_path, jobs=2, on_event=events.append)
+    assert all(a.ok for a in arts) and not any("worker" in e for e in events)
