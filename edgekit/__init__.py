@@ -5,6 +5,7 @@
 
 from edgekit import errors
 from edgekit._api import benchmark, compress, deploy, device_profile, export
+from edgekit.bench.config import BenchConfig
 from edgekit.config import (
     LocalDevice,
     Profile,
@@ -23,6 +24,7 @@ from edgekit.errors import EdgekitError
 __version__ = "0.1.0"
 
 __all__ = [
+    "BenchConfig",
     "EdgekitError",
     "LocalDevice",
     "Profile",

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from edgekit.bench.run import BenchConfig
+    from edgekit.bench.config import BenchConfig
     from edgekit.compression import CompressedModel
     from edgekit.config.target import Target
     from edgekit.exporters import Artifact

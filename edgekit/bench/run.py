@@ -4,41 +4,17 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
 from edgekit._paths import cache_dir
+from edgekit.bench.config import BenchConfig
 from edgekit.bench.results import artifact_row, measurement_fields, to_frame
 from edgekit.config.device import LocalDevice, SshDevice, get_device
-from edgekit.errors import AgentError, ConfigError
+from edgekit.errors import AgentError
 from edgekit.transport import Transport, open_transport
-
-
-@dataclass(frozen=True)
-class BenchConfig:
-    """How long and how hard to measure. Defaults follow the issue: >= 50 runs and >= 1 s."""
-
-    warmup_iterations: int = 10
-    warmup_seconds: float = 0.2
-    min_iterations: int = 50
-    min_seconds: float = 1.0
-    max_seconds: float = 120.0
-    threads: int | None = None  # None: the artifact's profile's thread count
-    timeout: float = 600.0
-
-    def __post_init__(self) -> None:
-        for name in ("warmup_iterations", "min_iterations"):
-            if getattr(self, name) < (0 if name.startswith("warmup") else 1):
-                raise ConfigError(f"must be >= {0 if name.startswith('warmup') else 1}, got {getattr(self, name)}", field=name)
-        if self.min_seconds < 0 or self.warmup_seconds < 0:
-            raise ConfigError("durations must be >= 0", field="min_seconds")
-        if self.max_seconds < self.min_seconds:
-            raise ConfigError(f"max_seconds {self.max_seconds} < min_seconds {self.min_seconds}", field="max_seconds")
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError(f"must be >= 1, got {self.threads}", field="threads")
 
 
 def benchmark(

@@ -77,7 +77,7 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
            min_iterations: int, min_seconds: float, out_dir: str, out_file: str | None,
            devices_file: str | None, as_json: bool) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
-    from edgekit.bench.run import BenchConfig
+    from edgekit import BenchConfig
 
     console = _stderr()
     try:

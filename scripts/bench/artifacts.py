@@ -20,7 +20,7 @@ import torch
 
 import edgekit
 from edgekit.agent.measure import latency_stats, timed_loop
-from edgekit.bench.run import BenchConfig
+from edgekit import BenchConfig
 from edgekit.models import load_model
 
 

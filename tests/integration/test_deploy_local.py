@@ -89,7 +89,7 @@ def test_benchmark_takes_artifacts_from_export(tmp_path: Path) -> None:
     cm = edgekit.compress("digits-cnn", profile="x86")
     arts = edgekit.export(cm, targets=["onnx"], out_dir=tmp_path, precisions=["int8"])
     assert len(arts) == 1 and arts[0].ok and arts[0].accuracy is not None
-    from edgekit.bench.run import BenchConfig
+    from edgekit import BenchConfig
 
     df = edgekit.benchmark(arts, device="local", config=BenchConfig(min_iterations=20, min_seconds=0.1))
     assert len(df) == 1 and df.loc[0, "iterations"] >= 20 and bool(df.loc[0, "recommended"])
@@ -98,7 +98,7 @@ def test_benchmark_takes_artifacts_from_export(tmp_path: Path) -> None:
 def test_profile_override_runs_another_profiles_artifacts_here(tmp_path: Path) -> None:
     """jetson-orin on this CPU: fp16 and symmetric-activation int8 ONNX, checked with onnxruntime's CPU
     provider (no Jetson is lent to this project; TensorRT itself is not exercised)."""
-    from edgekit.bench.run import BenchConfig
+    from edgekit import BenchConfig
 
     df = edgekit.deploy("digits-cnn", profile="jetson-orin", out_dir=tmp_path,
                         config=BenchConfig(min_iterations=10, min_seconds=0.05))

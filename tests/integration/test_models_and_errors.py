@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import edgekit
-from edgekit.bench.run import BenchConfig
+from edgekit import BenchConfig
 from edgekit.errors import CalibrationError, CompressError, ModelError, UnknownNameError
 from tiny_models import bucketizer, encoder_inputs, small_cnn, tiny_encoder
 

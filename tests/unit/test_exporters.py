@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekit.bench.run import BenchConfig
+from edgekit import BenchConfig
 from edgekit.config.target import Tolerance
 from edgekit.errors import ConfigError, UnknownNameError
 from edgekit.exporters import EXPORTERS, _safe, captured_output, get_exporter
