@@ -200,7 +200,15 @@ def targets(as_json: bool) -> None:
     rows = [{"name": t.name, "format": t.format, "extension": t.extension, "precisions": t.precisions,
              "tolerance": {k: v.model_dump(exclude_none=True) for k, v in t.tolerance.items()}, "source": t.source}
             for t in items.values()]
+    if not as_json:
+        for row in rows:
+            row["tolerance"] = [_tolerance_text(p, bounds) for p, bounds in row["tolerance"].items()]
     _print_rows(rows, as_json, "export targets")
+
+
+def _tolerance_text(precision: str, bounds: dict[str, float]) -> str:
+    short = {"max_abs_err": "err<=", "min_cosine": "cos>=", "min_top1_agreement": "top1>="}
+    return f"{precision}: " + " ".join(f"{short[k]}{v:g}" for k, v in bounds.items())
 
 
 @cli.command()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from edgekit.compression import CompressedModel
 from edgekit.config.target import Target
@@ -47,19 +47,11 @@ class Artifact:
     export_seconds: float | None = None
     check_seconds: float | None = None
     error: str | None = None
-    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         """Exported and within its parity tolerance: fit to ship."""
         return self.error is None and self.parity is not None and self.parity.ok
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["path"] = str(self.path) if self.path else None
-        d["files"] = [str(f) for f in self.files]
-        d["inputs"] = str(self.inputs) if self.inputs else None
-        return d
 
 
 class Exporter(ABC):

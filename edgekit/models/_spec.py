@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -36,7 +36,6 @@ class ModelSpec:
     parity_inputs: list[Inputs] | None = None
     eval_set: EvalSet | None = None
     origin: str = "python"
-    notes: list[str] = field(default_factory=list)
 
     def parity_batch(self, calibration: list[Inputs] | None = None) -> list[Inputs]:
         """What artifacts are compared on: parity inputs, else the eval set, else calibration samples."""
