@@ -80,3 +80,23 @@ def test_bad_profile_file_error_names_file_and_field(tmp_path: Path) -> None:
     res = edgekit("--profiles", str(extra), "profiles", cwd=tmp_path)
     assert res.returncode == 2
     assert "oops.yaml:4" in res.stderr and "precisions.0" in res.stderr
+
+
+@pytest.mark.slow
+def test_an_artifact_out_of_tolerance_is_flagged_and_not_recommended(tmp_path: Path) -> None:
+    """A user target with a tolerance no int8 artifact can meet: the row stays, flagged, never recommended."""
+    targets = tmp_path / "targets"
+    targets.mkdir()
+    (targets / "onnx-strict.yaml").write_text(
+        "name: onnx-strict\nformat: onnx\nextension: .onnx\nprecisions: [fp32, int8]\n"
+        "tolerance:\n  fp32: {max_abs_err: 1.0e-3}\n  int8: {max_abs_err: 1.0e-6}\n")
+    args = ("--targets-dir", str(targets), "deploy", "--model", "digits-cnn", "--targets", "onnx-strict",
+            "--min-seconds", "0.1")
+    res = edgekit(*args, "--json", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = {r["precision"]: r for r in json.loads(res.stdout)}
+    assert rows["int8"]["parity_ok"] is False and "max_abs_err" in rows["int8"]["parity_failures"]
+    assert rows["int8"]["recommended"] is False and rows["fp32"]["recommended"] is True
+    assert rows["int8"]["latency_ms_p50"] > 0  # still measured: flagged, not hidden
+    table = edgekit(*args, cwd=tmp_path)
+    assert "onnx-strict int8 is out of tolerance, not recommended" in table.stdout
