@@ -88,6 +88,7 @@ def deploy(
     input_shape: str | None = None,
     allow_pickle: bool = False,
     out_dir: str | Path = "artifacts",
+    jobs: int | None = None,
     config: "BenchConfig | None" = None,
     devices_file: str | Path | None = None,
     on_event: Callable[[str], None] | None = None,
@@ -102,5 +103,5 @@ def deploy(
         on_event(f"compressing {model if isinstance(model, (str, Path)) else type(model).__name__} for {prof.name}")
     cm = compress(model, prof, calibration, example_inputs=example_inputs, input_shape=input_shape,
                   allow_pickle=allow_pickle)
-    artifacts = export(cm, targets, out_dir, precisions=precisions, on_event=on_event)
+    artifacts = export(cm, targets, out_dir, precisions=precisions, jobs=jobs, on_event=on_event)
     return benchmark(artifacts, dev, config, on_event=on_event)

@@ -69,12 +69,13 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--min-iterations", type=int, default=50, show_default=True)
 @click.option("--min-seconds", type=float, default=1.0, show_default=True)
 @click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
 @click.option("--devices", "devices_file", type=click.Path(dir_okay=False), help="devices.yaml to use.")
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
 def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
            calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: int | None,
-           min_iterations: int, min_seconds: float, out_dir: str, out_file: str | None,
+           min_iterations: int, min_seconds: float, out_dir: str, jobs: int | None, out_file: str | None,
            devices_file: str | None, as_json: bool) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
     from edgekit import BenchConfig
@@ -86,7 +87,7 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
             df = edgekit.deploy(
                 model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
                 calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                out_dir=out_dir, config=config, devices_file=devices_file,
+                out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
                 on_event=lambda msg: status.update(msg),
             )
     except EdgekitError as exc:

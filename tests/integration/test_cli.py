@@ -41,7 +41,8 @@ def test_deploy_json_and_parquet(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_deploy_table_marks_the_recommended_row(tmp_path: Path) -> None:
-    res = edgekit("deploy", "--model", "digits-cnn", "--targets", "onnx", "--min-seconds", "0.1", cwd=tmp_path)
+    res = edgekit("deploy", "--model", "digits-cnn", "--targets", "onnx", "--min-seconds", "0.1", "--jobs", "1",
+                  cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "digits-cnn on local (profile x86)" in res.stdout
     assert "fp32 PyTorch reference accuracy" in res.stdout and "energy: unavailable" in res.stdout
