@@ -20,9 +20,9 @@ class BenchConfig:
     timeout: float = 600.0
 
     def __post_init__(self) -> None:
-        for name in ("warmup_iterations", "min_iterations"):
-            if getattr(self, name) < (0 if name.startswith("warmup") else 1):
-                raise ConfigError(f"must be >= {0 if name.startswith('warmup') else 1}, got {getattr(self, name)}", field=name)
+        for name, lowest in (("warmup_iterations", 0), ("min_iterations", 1)):
+            if getattr(self, name) < lowest:
+                raise ConfigError(f"must be >= {lowest}, got {getattr(self, name)}", field=name)
         if self.min_seconds < 0 or self.warmup_seconds < 0:
             raise ConfigError("durations must be >= 0", field="min_seconds")
         if self.max_seconds < self.min_seconds:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +18,7 @@ import torch
 from edgekit.compression._calibration import check_calibration, load_calibration_file
 from edgekit.config.profile import Profile, host_profile, load_profile
 from edgekit.errors import CompressError, ModelError, UnknownNameError
-from edgekit.models import Inputs, ModelSpec, as_inputs, load_model
+from edgekit.models import EvalSet, Inputs, ModelSpec, as_inputs, load_model
 
 __all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
 
@@ -94,7 +94,7 @@ def compress(
         )
     return CompressedModel(
         spec=spec, profile=prof, calibration=samples or [],
-        reference_accuracy=top1_accuracy(spec.module, spec) if spec.eval_set else None, steps=steps,
+        reference_accuracy=_reference_accuracy(spec), steps=steps,
     )
 
 
@@ -117,19 +117,17 @@ def _calibration_samples(spec: ModelSpec, calibration: str | Path | Sequence | N
     return [as_inputs(s) for s in calibration]
 
 
-def top1_accuracy(module: torch.nn.Module, spec: ModelSpec) -> float:
-    """Top-1 accuracy of a PyTorch module on the spec's eval set."""
-    assert spec.eval_set is not None
+def top1_accuracy(predict: Callable[[Inputs], list[np.ndarray]], eval_set: EvalSet) -> float:
+    """Top-1 over the first output. One definition for PyTorch and every runtime, so their figures compare."""
+    preds = [int(np.argmax(predict(x)[0].reshape(-1))) for x in eval_set.inputs]
+    return float(np.mean(np.asarray(preds) == eval_set.labels.numpy()))
+
+
+def _reference_accuracy(spec: ModelSpec) -> float | None:
+    if spec.eval_set is None:
+        return None
     with torch.no_grad():
-        preds = [int(_first(module(*x)).argmax(-1).reshape(-1)[0]) for x in spec.eval_set.inputs]
-    return float((torch.tensor(preds) == spec.eval_set.labels).double().mean())
-
-
-def _first(out: object) -> torch.Tensor:
-    while isinstance(out, (tuple, list)):
-        out = out[0]
-    assert isinstance(out, torch.Tensor)
-    return out
+        return top1_accuracy(lambda x: flat_outputs(spec.module(*x)), spec.eval_set)
 
 
 def flat_outputs(out: object) -> list[np.ndarray]:

@@ -60,16 +60,16 @@ def export(
     wanted = list(precisions or prof.precisions)
     out = Path(out_dir)
     inputs = write_example_inputs(compressed, out)
-    tasks = [(t, p) for t in resolved for p in wanted if p in t.precisions]
+    usable = {t.name: [p for p in wanted if p in t.precisions] for t in resolved}
+    tasks = [(t, p) for t in resolved for p in usable[t.name]]
     done = _export_all(compressed, tasks, out, check=check, jobs=jobs, on_event=on_event)
     artifacts: list[Artifact] = []
     for target in resolved:
-        usable = [p for p in wanted if p in target.precisions]
-        if not usable:
+        if not usable[target.name]:
             artifacts.append(_artifact(compressed, target, "/".join(wanted),
                                        error=f"target {target.name!r} supports {target.precisions}, "
                                              f"the profile asks for {wanted}"))
-        for precision in usable:
+        for precision in usable[target.name]:
             art = done[(target.name, precision)]
             art.inputs = inputs
             artifacts.append(art)

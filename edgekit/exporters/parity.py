@@ -7,6 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekit.agent.runtimes import Runner
+from edgekit.compression import top1_accuracy
 from edgekit.config.target import Tolerance
 from edgekit.exporters.base import ParityResult
 from edgekit.models import Inputs, ModelSpec
@@ -71,5 +72,4 @@ def runner_accuracy(runner: Runner, spec: ModelSpec) -> float | None:
     """Top-1 accuracy computed by the artifact's own runtime, or None without an eval set."""
     if spec.eval_set is None:
         return None
-    preds = [int(np.argmax(runner.run(to_numpy(x))[0].reshape(-1))) for x in spec.eval_set.inputs]
-    return float(np.mean(np.asarray(preds) == spec.eval_set.labels.numpy()))
+    return top1_accuracy(lambda x: runner.run(to_numpy(x)), spec.eval_set)

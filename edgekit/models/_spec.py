@@ -43,8 +43,9 @@ class ModelSpec:
             return self.parity_inputs
         if self.eval_set is not None:
             return self.eval_set.inputs[:64]
-        if calibration or self.calibration:
-            return (calibration or self.calibration or [])[:32]
+        samples = calibration or self.calibration
+        if samples:
+            return samples[:32]
         return [self.example_inputs]
 
 
