@@ -5,6 +5,7 @@
 
 from edgekit import errors
 from edgekit._api import benchmark, compress, deploy, device_profile, export
+from edgekit._check import DeviceCheck, check_device
 from edgekit.bench.config import BenchConfig
 from edgekit.config import (
     LocalDevice,
@@ -25,12 +26,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BenchConfig",
+    "DeviceCheck",
     "EdgekitError",
     "LocalDevice",
     "Profile",
     "SshDevice",
     "Target",
     "benchmark",
+    "check_device",
     "compress",
     "deploy",
     "device_profile",

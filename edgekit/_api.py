@@ -76,6 +76,13 @@ def device_profile(device: LocalDevice | SshDevice, override: str | Path | Profi
     return host_profile()
 
 
+def with_trust(device: LocalDevice | SshDevice, trust_new_host: bool) -> LocalDevice | SshDevice:
+    """The device, accepting (and recording) an unknown host key when the caller said so."""
+    if trust_new_host and isinstance(device, SshDevice):
+        return device.model_copy(update={"trust_new_host": True})
+    return device
+
+
 def deploy(
     model: Any,
     device: str | LocalDevice | SshDevice = "local",
@@ -91,10 +98,11 @@ def deploy(
     jobs: int | None = None,
     config: "BenchConfig | None" = None,
     devices_file: str | Path | None = None,
+    trust_new_host: bool = False,
     on_event: Callable[[str], None] | None = None,
 ) -> "pd.DataFrame":
-    """Compress for the device's profile, export its targets, check parity, benchmark on the device."""
-    dev = get_device(device, devices_file)
+    """Compress for the device's profile, export its targets, check parity, push, benchmark on the device."""
+    dev = with_trust(get_device(device, devices_file), trust_new_host)
     prof = device_profile(dev, profile)
     from edgekit.transport import open_transport
 

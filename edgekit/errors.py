@@ -20,6 +20,7 @@ type. Lower-layer errors (pydantic, yaml, runtimes, subprocess) are translated a
 
 from __future__ import annotations
 
+import shlex
 from difflib import get_close_matches
 from typing import Iterable, Sequence
 
@@ -103,7 +104,14 @@ class RuntimeRunError(EdgekitError):
 
 
 class DeviceError(EdgekitError):
-    """A device cannot be used for the requested operation."""
+    """A device cannot be used: unreachable, refused, unknown host key, workdir not writable, ...
+
+    The message starts with the device's name, so a fleet's errors say which device each is about.
+    """
+
+    def __init__(self, message: str, *, device: str | None = None) -> None:
+        self.device = device
+        super().__init__(f"device {device!r}: {message}" if device else message)
 
 
 class AgentError(EdgekitError):
@@ -119,7 +127,7 @@ class AgentError(EdgekitError):
         self.stderr = stderr
         parts = [message]
         if self.command:
-            parts.append(f"command: {' '.join(self.command)}")
+            parts.append(f"command: {shlex.join(self.command)}")
         if exit_code is not None:
             parts.append(f"exit code: {exit_code}")
         for name, text in (("stdout", stdout), ("stderr", stderr)):

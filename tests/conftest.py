@@ -9,6 +9,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Real sshd test devices (sshd_device_factory, sshd_session_factory, isolated_ssh_env).
+pytest_plugins = ["edgekit.testing.pytest_plugin"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # One cache for the whole run (the trained digits model, the agent bundle); tests must not touch ~/.cache.

@@ -82,14 +82,17 @@ REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
     "min_seconds": (_NUMBER, 0),
     "max_seconds": (_NUMBER, 0),
 }
-OPTIONAL_FIELDS = ("energy",)
+OPTIONAL_FIELDS = ("energy", "sha256")
 
 
 def read_request(path: str) -> dict[str, Any]:
-    """Load and validate the request file; errors name the field and the bad value."""
+    """Load and validate the request file (``-``: standard input); errors name the field and the bad value."""
     try:
-        with open(path, encoding="utf-8") as f:
-            request = json.load(f)
+        if path == "-":
+            request = json.loads(sys.stdin.read())
+        else:
+            with open(path, encoding="utf-8") as f:
+                request = json.load(f)
     except FileNotFoundError as exc:
         raise bad_request(f"request file not found: {path}", "FileNotFoundError") from exc
     except (OSError, ValueError) as exc:
@@ -117,6 +120,33 @@ def validate_request(request: Any) -> None:
     for name in ("artifact", "inputs"):
         if not os.path.isfile(request[name]):
             raise bad_request(f"request field '{name}': file not found: {request[name]}", "FileNotFoundError")
+    verify_sha256(request.get("sha256"))
+
+
+def verify_sha256(expected: Any) -> None:
+    """Refuse to run a file whose bytes are not the ones the host sent (a flipped bit, a half copy)."""
+    if expected is None:
+        return
+    if not isinstance(expected, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in expected.items()):
+        raise bad_request(f"request field 'sha256' must map file paths to hex digests, got {expected!r}")
+    for path, digest in sorted(expected.items()):
+        actual = file_sha256(path)
+        if actual != digest.lower():
+            raise bad_request(f"{path}: sha256 is {actual}, expected {digest}: the file changed after upload; "
+                              "push it again", "HashMismatch")
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise bad_request(f"request field 'sha256': cannot read {path}: {exc}", type(exc).__name__) from exc
+    return h.hexdigest()
 
 
 def _check_field(name: str, value: Any, kind: str, lowest: Optional[float]) -> None:
@@ -272,11 +302,11 @@ def _energy_result(energy: Any, sensor: Any, reason: str, before: Any, after: An
 
 
 def info() -> dict[str, Any]:
+    """Facts for ``devices check``; answers even without numpy, since saying what is missing is its job."""
     with stage("load"):
-        from . import runtimes
+        from .device_info import device_info
 
-        return {"ok": True, "agent_version": AGENT_VERSION, "runtimes": runtimes.available_runtimes(),
-                "python": platform.python_version(), "machine": platform.machine()}
+        return {"ok": True, "agent_version": AGENT_VERSION, **device_info()}
 
 
 # ---- entry point ------------------------------------------------------------------------------------
@@ -292,8 +322,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
     sub = parser.add_subparsers(dest="command")
     run_parser = sub.add_parser("run", help="benchmark the artifact described by a request file")
-    run_parser.add_argument("--request", required=True, help="path of the request JSON")
-    sub.add_parser("info", help="list the runtimes that import here")
+    run_parser.add_argument("--request", required=True, help="path of the request JSON, or - for stdin")
+    sub.add_parser("info", help="describe this device: CPU, memory, OS, python, runtimes, energy sensors")
     args = parser.parse_args(argv)
     if args.command is None:
         raise bad_request("command line: a command is required: run --request REQ.json | info")

@@ -17,6 +17,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+# The agent imports these before it times load_ms, so load_ms is the model's load, not torch's import.
+from .device_info import RUNTIME_CANDIDATES
+
 FORMATS = ("executorch", "onnx", "tflite")
 
 
@@ -24,19 +27,10 @@ class RuntimeMissing(RuntimeError):
     """The runtime for a format is not installed here."""
 
 
-# What each format's runner imports: alternatives in order, the first group that imports wins. The agent
-# imports these before it times load_ms, so load_ms is the model's load, not torch's import (seconds).
-RUNTIME_IMPORTS: dict[str, tuple[tuple[str, ...], ...]] = {
-    "executorch": (("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib"),),
-    "onnx": (("onnxruntime",),),
-    "tflite": (("ai_edge_litert.interpreter",), ("tflite_runtime.interpreter",)),
-}
-
-
 def import_runtime(fmt: str) -> float:
     """Import the runtime for ``fmt`` if it is here; the time taken, in ms. Absence is load_runner's to report."""
     t0 = time.perf_counter_ns()
-    for group in RUNTIME_IMPORTS[fmt]:
+    for _, group in RUNTIME_CANDIDATES[fmt]:
         try:
             for name in group:
                 importlib.import_module(name)
@@ -258,20 +252,3 @@ def load_runner(fmt: str, path: str, threads: int = 1) -> Runner:
     if fmt not in RUNNERS:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(FORMATS)}")
     return RUNNERS[fmt](path, threads)
-
-
-def available_runtimes() -> dict[str, str | None]:
-    """Format -> runtime version, or None where it does not import. Cheap enough for `devices check`."""
-    out: dict[str, str | None] = {}
-    for fmt, dist in (("executorch", "executorch"), ("onnx", "onnxruntime")):
-        try:
-            for name in RUNTIME_IMPORTS[fmt][0]:
-                importlib.import_module(name)
-            out[fmt] = _dist_version(dist)
-        except ImportError:
-            out[fmt] = None
-    try:
-        out["tflite"] = _tflite_interpreter()[2]
-    except RuntimeMissing:
-        out["tflite"] = None
-    return out

@@ -1,9 +1,12 @@
-"""``benchmark``: run each artifact through the agent on a device and collect rows."""
+"""``benchmark``: push each artifact to a device, run it through the agent there, collect rows.
+
+One artifact's failure (push, missing runtime, agent crash) is that artifact's row, never the end of the
+others; only a device we cannot use at all (unreachable, agent cannot be installed) raises DeviceError.
+"""
 
 from __future__ import annotations
 
 import json
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,8 +16,10 @@ from edgekit._paths import cache_dir
 from edgekit.bench.config import BenchConfig
 from edgekit.bench.results import artifact_row, measurement_fields, to_frame
 from edgekit.config.device import LocalDevice, SshDevice, get_device
-from edgekit.errors import AgentError
-from edgekit.transport import Transport, open_transport
+from edgekit.errors import AgentError, DeviceError
+from edgekit.transport import Transport, file_sha256, open_transport
+
+INFO_TIMEOUT_S = 180.0  # importing torch for executorch on a Pi takes tens of seconds
 
 
 def benchmark(
@@ -25,58 +30,94 @@ def benchmark(
     devices_file: str | Path | None = None,
     on_event: Callable[[str], None] | None = None,
 ) -> pd.DataFrame:
-    """Measure every artifact on ``device``; failed exports and failed runs become rows with ``error``."""
+    """Measure every artifact on ``device``; failed exports, pushes and runs become rows with ``error``."""
     cfg = config or BenchConfig()
     dev = get_device(device, devices_file)
-    transport = open_transport(dev)
-    try:
-        agent = transport.put(_agent_bundle())
-        rows = []
-        for art in artifacts:
-            if on_event and not art.error:
-                on_event(f"measuring {art.target} {art.precision} on {dev.name}")
-            rows.append(_measure(art, dev.name, transport, agent, cfg))
-    finally:
-        transport.close()
+    with open_transport(dev) as transport:
+        rows = measure_on(transport, artifacts, cfg, on_event)
     return to_frame(rows)
 
 
-def _agent_bundle() -> Path:
+def measure_on(transport: Transport, artifacts: Sequence[Any], cfg: BenchConfig,
+               on_event: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    remote = not transport.is_local
+    agent = install_agent(transport)
+    runtimes = describe_device(transport, agent)["runtimes"] if remote else None
+    rows = []
+    for art in artifacts:
+        row = artifact_row(art, transport.device_name)
+        rows.append(row)
+        if art.error or art.path is None:
+            continue
+        missing = runtimes is not None and not runtimes.get(art.format, {}).get("package")
+        if missing:
+            row["error"] = (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need one "
+                            f"of {_runtime_names(art.format)} for {transport.python} "
+                            f"({runtimes.get(art.format, {}).get('error') or 'not importable'})")
+            continue
+        if on_event:
+            on_event(f"measuring {art.target} {art.precision} on {transport.device_name}")
+        try:
+            row.update(measurement_fields(_measure(art, transport, agent, cfg, remote)))
+        except (AgentError, DeviceError) as exc:
+            row["error"] = f"benchmark failed: {exc}"
+    return rows
+
+
+def install_agent(transport: Transport) -> str:
     from edgekit.agent.bundle import build_agent
 
-    return build_agent(cache_dir() / "agent")
+    try:
+        return transport.put(build_agent(cache_dir() / "agent"))
+    except DeviceError as exc:
+        raise DeviceError(f"cannot install the agent: {exc}") from exc
 
 
-def _measure(art: Any, device: str, transport: Transport, agent: str, cfg: BenchConfig) -> dict[str, Any]:
-    row = artifact_row(art, device)
-    if art.error or art.path is None:
-        return row
-    request = {
-        "artifact": transport.put(art.path), "format": art.format, "inputs": transport.put(art.inputs),
+def describe_device(transport: Transport, agent: str) -> dict[str, Any]:
+    """The agent's ``info``: CPU, memory, OS, python, runtimes that import, energy sensors."""
+    argv = [transport.python, agent, "info"]
+    res = transport.run(argv, timeout=INFO_TIMEOUT_S)
+    answer = _last_json(res.stdout)
+    if res.exit_code == 127 or (answer is None and "not found" in res.stderr):
+        raise DeviceError(f"python {transport.python!r} not found on the device: set 'python' in devices.yaml "
+                          "to an interpreter there (python3.9 or newer)", device=transport.device_name)
+    if answer is None or not answer.get("ok"):
+        raise AgentError(f"device {transport.device_name!r}: the agent could not describe the device",
+                         command=argv, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr)
+    return answer
+
+
+def _runtime_names(fmt: str) -> str:
+    from edgekit.agent.device_info import RUNTIME_CANDIDATES
+
+    return " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[fmt])
+
+
+def _measure(art: Any, transport: Transport, agent: str, cfg: BenchConfig, remote: bool) -> dict[str, Any]:
+    files = list(art.files) or [art.path]
+    staged = dict(zip(files, transport.stage(files)))
+    inputs = transport.put(art.inputs)
+    request: dict[str, Any] = {
+        "artifact": staged[art.path], "format": art.format, "inputs": inputs,
         "threads": cfg.threads or art.threads,
         "warmup_iterations": cfg.warmup_iterations, "warmup_seconds": cfg.warmup_seconds,
         "min_iterations": cfg.min_iterations, "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds,
     }
-    try:
-        result = run_agent(transport, agent, request, cfg.timeout)
-    except AgentError as exc:
-        row["error"] = f"benchmark failed: {exc}"
-        return row
-    row.update(measurement_fields(result))
-    return row
+    if remote:  # the agent re-hashes before running: bytes changed on the device are never measured
+        request["sha256"] = {staged[f]: file_sha256(f) for f in files} | {inputs: file_sha256(art.inputs)}
+    return run_agent(transport, agent, request, cfg.timeout)
 
 
 def run_agent(transport: Transport, agent: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:
-    """Run the agent once with ``request``; its JSON answer, or AgentError with the command and output."""
-    with tempfile.TemporaryDirectory(prefix="edgekit-req-") as tmp:
-        req = Path(tmp) / "request.json"
-        req.write_text(json.dumps(request))
-        argv = [transport.python, agent, "run", "--request", transport.put(req)]
-        res = transport.run(argv, timeout=timeout)
+    """Run the agent once with ``request`` on stdin; its JSON answer, or AgentError with the command and output."""
+    argv = [transport.python, agent, "run", "--request", "-"]
+    res = transport.run(argv, timeout=timeout, stdin=json.dumps(request).encode())
     answer = _last_json(res.stdout)
     if answer is None:
-        raise AgentError("the agent gave no JSON answer", command=argv, exit_code=res.exit_code,
-                         stdout=res.stdout, stderr=res.stderr)
+        why = "the agent gave no JSON answer"
+        if res.exit_code < 0 or res.exit_code in (137, 143):
+            why = f"the agent was killed (exit status {res.exit_code}) before it answered"
+        raise AgentError(why, command=argv, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr)
     if not answer.get("ok"):
         err = answer.get("error") or {}
         raise AgentError(f"{err.get('stage', '?')}: {err.get('type', 'Error')}: {err.get('message', '')}",
@@ -89,14 +130,14 @@ def _last_json(stdout: str) -> dict[str, Any] | None:
     try:
         value = json.loads(stdout)
         return value if isinstance(value, dict) else None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         pass
     for line in reversed(stdout.strip().splitlines()):
         line = line.strip()
         if line.startswith("{"):
             try:
                 value = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 return None
             return value if isinstance(value, dict) else None
     return None

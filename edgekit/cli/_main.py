@@ -1,4 +1,4 @@
-"""Commands: deploy, profiles, targets, models."""
+"""Commands: deploy, devices (list, check), profiles, targets, models."""
 
 from __future__ import annotations
 
@@ -52,6 +52,14 @@ def cli(profiles_dir: str | None, targets_dir: str | None) -> None:
         os.environ["EDGEKIT_TARGETS"] = os.pathsep.join(filter(None, [os.environ.get("EDGEKIT_TARGETS"), targets_dir]))
 
 
+_devices_option = click.option(
+    "--devices", "devices_file", type=click.Path(dir_okay=False),
+    help="devices.yaml to use (default: $EDGEKIT_DEVICES, else ./devices.yaml).")
+_trust_option = click.option(
+    "--trust-new-host", is_flag=True,
+    help="Accept an SSH host key seen for the first time and record it in known_hosts.")
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -71,12 +79,13 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
-@click.option("--devices", "devices_file", type=click.Path(dir_okay=False), help="devices.yaml to use.")
+@_devices_option
+@_trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
 def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
            calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: int | None,
            min_iterations: int, min_seconds: float, out_dir: str, jobs: int | None, out_file: str | None,
-           devices_file: str | None, as_json: bool) -> None:
+           devices_file: str | None, trust_new_host: bool, as_json: bool) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
     from edgekit import BenchConfig
 
@@ -88,7 +97,7 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
                 model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
                 calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
                 out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
-                on_event=lambda msg: status.update(msg),
+                trust_new_host=trust_new_host, on_event=lambda msg: status.update(msg),
             )
     except EdgekitError as exc:
         _fail(exc)
@@ -130,6 +139,8 @@ def _fmt(col: str, v: Any) -> str:
         return "*" if v else ""
     if col == "parity_ok":
         return "ok" if v else "FAIL"
+    if col == "iterations":
+        return f"{v:.0f}"
     if col == "artifact_bytes":
         return f"{v / 1024:.0f}"
     if col == "accuracy":
@@ -171,6 +182,80 @@ def _print_table(df: Any) -> None:
 
 def _isnan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
+
+
+@cli.group()
+def devices() -> None:
+    """Registered devices (devices.yaml) and what each can run."""
+
+
+@devices.command("list")
+@_devices_option
+@click.option("--json", "as_json", is_flag=True)
+def devices_list(devices_file: str | None, as_json: bool) -> None:
+    """List registered devices (no connection is made)."""
+    try:
+        items = edgekit.load_devices(devices_file)
+    except EdgekitError as exc:
+        _fail(exc)
+    rows = [{"name": d.name, "kind": d.kind, "host": getattr(d, "host", "-"), "port": getattr(d, "port", "-"),
+             "user": getattr(d, "user", None) or "-", "profile": d.profile or "(host's)", "tags": d.tags,
+             "python": d.python or "(this one)", "workdir": d.workdir or "-"} for d in items.values()]
+    _print_rows(rows, as_json, "devices")
+
+
+@devices.command("check")
+@click.argument("name")
+@click.option("--profile", help="Check against this profile instead of the device's.")
+@_devices_option
+@_trust_option
+@click.option("--json", "as_json", is_flag=True)
+def devices_check(name: str, profile: str | None, devices_file: str | None, trust_new_host: bool,
+                  as_json: bool) -> None:
+    """Connect to NAME and report its CPU, memory, OS, python, runtimes, energy sensors, and what is missing.
+
+    Exit status 1 when the device lacks something its profile needs.
+    """
+    try:
+        with _stderr().status(f"checking {name}"):
+            check = edgekit.check_device(name, profile=profile, devices_file=devices_file,
+                                         trust_new_host=trust_new_host)
+    except EdgekitError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(check.to_dict(), indent=2))
+    else:
+        _print_check(check)
+    raise SystemExit(0 if check.ok else 1)
+
+
+def _print_check(check: Any) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    info = check.info
+    table = Table(title=f"device {check.device} ({check.kind}, profile {check.profile})", show_header=False)
+    table.add_column("fact")
+    table.add_column("value")
+    ram = info.get("mem_total_mib")
+    facts = [("arch", info.get("machine")), ("cpu", info.get("cpu_model")), ("cores", info.get("cores")),
+             ("ram", f"{ram / 1024:.1f} GiB" if ram else None), ("os", info.get("os")),
+             ("python", f"{info.get('python')} ({info.get('python_executable')})"), ("numpy", info.get("numpy"))]
+    for fmt, rt in sorted(info.get("runtimes", {}).items()):
+        facts.append((f"runtime {fmt}", f"{rt['package']} {rt['version']}" if rt.get("package") else "missing"))
+    energy = info.get("energy", {})
+    facts.append(("energy", energy.get("source") if energy.get("available") else "none readable"))
+    for key, value in facts:
+        table.add_row(key, escape(str(value if value is not None else "unknown")))
+    console = _stdout()
+    console.print(table)
+    for line in check.warnings:
+        console.print(f"[yellow]warning:[/] {escape(line)}")
+    for line in check.missing:
+        console.print(f"[red]missing:[/] {escape(line)}")
+    verdict = (f"[green]ready[/]: runs {', '.join(check.runnable_targets)}" if check.ok
+               else "[red]not ready[/] for every target of its profile")
+    console.print(verdict)
 
 
 @cli.command()

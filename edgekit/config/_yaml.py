@@ -69,7 +69,8 @@ def config_error_from(exc: ValidationError, *, path: Path, lines: dict[_Path, in
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
         msg = "unknown field; remove it or check its spelling"
-    elif "input" in err and err["type"] != "missing":
+    elif "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+        # a whole mapping is never echoed: it is long, and may hold what the check refused (a password)
         msg += f" (got {err['input']!r})"
     more = len(exc.errors()) - 1
     if more:

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.config._yaml import read_yaml, validate
 from edgekit.errors import ConfigError, UnknownNameError
@@ -30,17 +30,33 @@ class LocalDevice(_DeviceBase):
     workdir: str | None = None
 
 
+_SECRET_FIELDS = ("password", "passphrase", "key_passphrase", "private_key")
+
+
 class SshDevice(_DeviceBase):
     """A device reached over SSH. No passwords: keys come from identity_file or ssh-agent."""
 
     kind: Literal["ssh"]
-    host: str
+    host: str = Field(min_length=1)
     port: int = Field(default=22, ge=1, le=65535)
-    user: str | None = None
-    identity_file: str | None = None
-    known_hosts: str | None = None
-    python: str = "python3"
-    workdir: str = "~/.edgekit"
+    user: str | None = Field(default=None, description="login name; default: the local user's")
+    identity_file: str | None = Field(default=None, description="private key; unset: ssh-agent / ~/.ssh keys")
+    known_hosts: str | None = Field(default=None, description="default: ~/.ssh/known_hosts")
+    trust_new_host: bool = Field(default=False, description="accept and record an unknown host key")
+    python: str = Field(default="python3", min_length=1, description="interpreter on the device")
+    workdir: str = Field(default="~/.edgekit", min_length=1, description="device-side folder; ~ = login home")
+    connect_timeout: float = Field(default=15.0, gt=0, le=600)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_secrets(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for key in _SECRET_FIELDS:
+                if key in data:
+                    raise ValueError(
+                        f"field {key!r}: secrets do not belong in devices.yaml; use identity_file with a key "
+                        "loaded into ssh-agent (ssh-add KEY), or a key without a passphrase")
+        return data
 
 
 Device = Annotated[Union[LocalDevice, SshDevice], Field(discriminator="kind")]
@@ -71,6 +87,13 @@ def load_devices(path: Path | str | None = None) -> dict[str, LocalDevice | SshD
         return devices
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with a 'devices:' list", source=str(file))
+    for i, entry in enumerate(data.get("devices") or []):
+        for key in _SECRET_FIELDS:
+            if isinstance(entry, dict) and key in entry:
+                raise ConfigError(
+                    "secrets do not belong in devices.yaml; remove it and use identity_file with a key loaded "
+                    "into ssh-agent (ssh-add KEY), or a key without a passphrase",
+                    source=f"{file}:{lines.get(('devices', i, key), '?')}", field=f"devices.{i}.{key}")
     parsed = validate(DeviceFile, data, path=file, lines=lines)
     seen: set[str] = set()
     for i, dev in enumerate(parsed.devices):

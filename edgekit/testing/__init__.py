@@ -1,0 +1,25 @@
+"""Test helpers: real loopback sshd devices and device-side Python envs, for edgekit's tests and yours.
+
+Cheap to import (standard library only). Pytest fixtures: ``pytest_plugins = ["edgekit.testing.pytest_plugin"]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from edgekit.testing._envs import DEVICE_ENVS, device_python
+from edgekit.testing._sshd import TestDevice, start_sshd
+
+__all__ = ["DEVICE_ENVS", "TestDevice", "device_python", "start_sshd", "write_devices_file"]
+
+
+def write_devices_file(path: Path, devices: list[TestDevice | dict[str, Any]]) -> Path:
+    """Write a ``devices.yaml`` for these devices, so code under test finds them like real ones."""
+    import yaml
+
+    entries = [d.entry() if isinstance(d, TestDevice) else dict(d) for d in devices]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump({"devices": entries}, sort_keys=False))
+    return path

@@ -1,20 +1,19 @@
-"""Transports keyed by device kind; SSH arrives with the devices issue."""
+"""Transports keyed by device kind: ``local`` (subprocess here) and ``ssh`` (paramiko)."""
 
 from __future__ import annotations
 
 from edgekit.config.device import LocalDevice, SshDevice
-from edgekit.errors import DeviceError
-from edgekit.transport.base import CommandResult, Transport
+from edgekit.transport.base import CommandResult, PushStats, Transport, file_sha256
 
-__all__ = ["CommandResult", "Transport", "open_transport"]
+__all__ = ["CommandResult", "PushStats", "Transport", "file_sha256", "open_transport"]
 
 
 def open_transport(device: LocalDevice | SshDevice) -> Transport:
+    """Connect to ``device``; paramiko is imported only here, when an SSH device is used."""
     if isinstance(device, LocalDevice):
         from edgekit.transport.local import LocalTransport
 
         return LocalTransport(device)
-    raise DeviceError(
-        f"device {device.name!r} is kind {device.kind!r}: this edgekit version runs only on the built-in "
-        "'local' device (SSH transport not built yet); use --device local"
-    )
+    from edgekit.transport.ssh import SshTransport
+
+    return SshTransport(device)

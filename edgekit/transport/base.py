@@ -1,31 +1,74 @@
-"""How the host reaches a device: put files there, run commands there."""
+"""How the host reaches a device: make files available there, run commands there."""
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 
 @dataclass
 class CommandResult:
     argv: list[str]
-    exit_code: int
+    exit_code: int  # -1: the command ended without an exit status (killed by a signal)
     stdout: str
     stderr: str
     seconds: float
 
 
+@dataclass
+class PushStats:
+    """What staging cost: the second deploy of unchanged artifacts must send nothing."""
+
+    bytes_sent: int = 0
+    files_sent: int = 0
+    files_skipped: int = 0
+    seconds: float = 0.0
+    groups: list[str] = field(default_factory=list)
+
+
 class Transport(ABC):
-    """One device's connection. ``put`` returns the path the device sees."""
+    """One device's connection."""
 
+    device_name: str
     python: str
+    stats: PushStats
+    is_local: bool = False  # same filesystem and interpreter set as the host
 
     @abstractmethod
-    def put(self, local: Path) -> str: ...
+    def stage(self, files: Sequence[Path]) -> list[str]:
+        """Make ``files`` (kept together in one folder) available on the device; their device paths."""
 
     @abstractmethod
-    def run(self, argv: list[str], *, timeout: float) -> CommandResult: ...
+    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
+        """Run ``argv`` (no shell: every word is passed as is) and wait at most ``timeout`` seconds."""
+
+    def put(self, local: Path) -> str:
+        return self.stage([local])[0]
 
     def close(self) -> None:
         """Release the connection (nothing to do for local)."""
+
+    def __enter__(self) -> "Transport":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, remembered per (path, size, mtime): a redeploy does not rehash 50 MB."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _HASHES:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _HASHES[key] = h.hexdigest()
+    return _HASHES[key]

@@ -159,16 +159,21 @@ def test_devices_file_entries_and_errors(tmp_path: Path) -> None:
         devices:
           - {name: a, kind: ssh, host: h1, password: hunter2}
     """)
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(ConfigError, match=r"secret.yaml:2: field 'devices.0.password': secrets do not belong in devices.yaml"):
         edgekit.load_devices(secret)
     with pytest.raises(UnknownNameError, match="did you mean 'pi4-lab'"):
         edgekit.get_device("pi4-lb", good)
 
 
-def test_ssh_devices_are_refused_clearly_until_the_transport_exists(tmp_path: Path) -> None:
+def test_a_closed_port_is_refused_clearly_and_names_the_device() -> None:
+    import socket
+
     from edgekit.errors import DeviceError
     from edgekit.transport import open_transport
 
-    dev = edgekit.SshDevice(name="pi", kind="ssh", host="192.0.2.1")
-    with pytest.raises(DeviceError, match="runs only on the built-in 'local' device"):
+    with socket.socket() as s:  # a loopback port nobody listens on once this closes
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dev = edgekit.SshDevice(name="pi 4; lab", kind="ssh", host="127.0.0.1", port=port, connect_timeout=5)
+    with pytest.raises(DeviceError, match=rf"device 'pi 4; lab': connection refused by 127.0.0.1:{port}: is sshd running"):
         open_transport(dev)

@@ -275,7 +275,7 @@ def test_bundle_holds_every_device_module() -> None:
 def test_agent_and_runtimes_agree_on_formats() -> None:
     from edgekit.agent.__main__ import FORMATS
 
-    assert FORMATS == runtimes.FORMATS == tuple(sorted(runtimes.RUNTIME_IMPORTS))
+    assert FORMATS == runtimes.FORMATS == tuple(sorted(runtimes.RUNTIME_CANDIDATES))
 
 
 @pytest.mark.parametrize("module", sorted(MODULES) + ["bundle.py"])

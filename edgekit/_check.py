@@ -1,0 +1,80 @@
+"""``check_device``: can this device run what its profile calls for, and if not, what is missing."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edgekit.config.device import LocalDevice, SshDevice, get_device
+from edgekit.config.profile import Profile
+
+
+@dataclass
+class DeviceCheck:
+    """The device's facts (from the agent's ``info`` on it) and what its profile needs that it lacks."""
+
+    device: str
+    kind: str
+    profile: str
+    info: dict[str, Any]
+    missing: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    runnable_targets: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+def check_device(
+    device: str | LocalDevice | SshDevice,
+    *,
+    profile: str | Path | Profile | None = None,
+    devices_file: str | Path | None = None,
+    trust_new_host: bool = False,
+) -> DeviceCheck:
+    """Connect, install the agent, ask it what the device is; raises DeviceError if it cannot be reached."""
+    from edgekit._api import device_profile, with_trust
+    from edgekit.bench.run import describe_device, install_agent
+    from edgekit.transport import open_transport
+
+    dev = with_trust(get_device(device, devices_file), trust_new_host)
+    prof = device_profile(dev, profile)
+    with open_transport(dev) as transport:
+        info = describe_device(transport, install_agent(transport))
+    check = DeviceCheck(dev.name, dev.kind, prof.name, info)
+    _judge(check, prof)
+    return check
+
+
+def _judge(check: DeviceCheck, prof: Profile) -> None:
+    from edgekit.agent.device_info import RUNTIME_CANDIDATES
+    from edgekit.config.target import load_target
+
+    info, arch = check.info, check.info.get("machine", "?")
+    if info.get("numpy") is None:
+        check.missing.append(f"numpy is not installed for {info.get('python_executable')}: every runtime needs it")
+    for name in prof.targets:
+        target = load_target(name)
+        runtime = info.get("runtimes", {}).get(target.format, {})
+        if runtime.get("package"):
+            check.runnable_targets.append(name)
+            continue
+        wanted = " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[target.format])
+        packages = target.runtime_packages.get(arch)
+        fix = f"pip install {' '.join(repr(p) if '<' in p else p for p in packages)}" if packages else f"install {wanted}"
+        check.missing.append(f"target {name}: {wanted} does not import ({runtime.get('error') or 'not installed'}); "
+                             f"on the device: {fix}")
+    if prof.arch.lower() != str(arch).lower():
+        check.warnings.append(f"profile {prof.name!r} is for {prof.arch} but the device is {arch}: its quantization "
+                              "and threading choices may not fit; pick another profile for this device")
+    cores = info.get("cores")
+    if isinstance(cores, int) and prof.threads > cores:
+        check.warnings.append(f"profile {prof.name!r} runs {prof.threads} threads but the device has {cores} cores: "
+                              "oversubscribed runtimes spin and latency suffers; use --threads or another profile")
+    if not info.get("energy", {}).get("available"):
+        check.warnings.append(f"no energy sensor: {info.get('energy', {}).get('reason', 'unknown')}")

@@ -1,0 +1,128 @@
+"""What a device is and what it can run, for ``edgekit devices check``.
+
+Runs on the device with the standard library only: it must answer even where numpy or every runtime is
+missing, because saying *what* is missing is its job. Each runtime is probed by importing it, which is the
+only test that counts (a wheel built for numpy 1.x installed beside numpy 2 is present but does not import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+import sys
+from typing import Any, Optional
+
+# format -> alternatives, each (distribution, modules to import); the first that imports is reported.
+RUNTIME_CANDIDATES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "executorch": (("executorch", ("torch", "executorch.runtime", "executorch.extension.pybindings.portable_lib")),),
+    "onnx": (("onnxruntime", ("onnxruntime",)),),
+    "tflite": (("ai-edge-litert", ("ai_edge_litert.interpreter",)),
+               ("tflite-runtime", ("tflite_runtime.interpreter",))),
+}
+
+
+def probe_runtimes() -> dict[str, dict[str, Optional[str]]]:
+    """format -> {"package", "version"} when one imports, else {"package": None, "error": why not}."""
+    out: dict[str, dict[str, Optional[str]]] = {}
+    for fmt, candidates in RUNTIME_CANDIDATES.items():
+        errors = []
+        for dist, modules in candidates:
+            try:
+                for name in modules:
+                    importlib.import_module(name)
+            except Exception as exc:  # ImportError, or numpy ABI errors raised as AttributeError/RuntimeError
+                errors.append(f"{dist}: {type(exc).__name__}: {_first_line(exc)}")
+                continue
+            out[fmt] = {"package": dist, "version": _dist_version(dist), "error": None}
+            break
+        else:
+            out[fmt] = {"package": None, "version": None, "error": "; ".join(errors)}
+    return out
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _dist_version(name: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+
+        return version(name)
+    except Exception:
+        return None
+
+
+def numpy_version() -> Optional[str]:
+    try:
+        import numpy
+
+        return str(numpy.__version__)
+    except Exception:
+        return None
+
+
+def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
+    """x86 says ``model name``; ARM boards say ``Model`` (Raspberry Pi) or only ``Hardware``/``CPU part``."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+    except OSError:
+        return platform.processor() or None
+    for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
+        if fields.get(key):
+            return fields[key]
+    return platform.processor() or None
+
+
+def mem_total_mib(meminfo: str = "/proc/meminfo") -> Optional[float]:
+    try:
+        with open(meminfo, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def os_name(os_release: str = "/etc/os-release") -> str:
+    try:
+        with open(os_release, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return f"{platform.system()} {platform.release()}"
+
+
+def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
+    from . import energy
+
+    sensor, reason = energy.find_sensor(sysfs_root)
+    if sensor is None:
+        return {"available": False, "reason": reason}
+    return {"available": True, "source": sensor.source}
+
+
+def device_info() -> dict[str, Any]:
+    return {
+        "machine": platform.machine(),
+        "cpu_model": cpu_model(),
+        "cores": os.cpu_count(),
+        "mem_total_mib": mem_total_mib(),
+        "os": os_name(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "python_executable": sys.executable,
+        "numpy": numpy_version(),
+        "runtimes": probe_runtimes(),
+        "energy": energy_sensors(),
+    }

@@ -1,0 +1,96 @@
+"""Device-side Python environments: real venvs, built once per recipe and cached between runs.
+
+A device's python decides which runtimes exist there; these envs let loopback devices differ like real ones.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+DEVICE_ENVS: dict[str, list[str]] = {
+    "pi-like": ["tflite-runtime==2.14.0", "numpy<2"],
+    "onnx-only": ["onnxruntime==1.32.0", "numpy==2.4.6"],
+    "bare": [],  # a python with no numpy and no runtime at all
+}
+HOST = "host"  # the current interpreter (the host venv: executorch, onnxruntime, ai-edge-litert)
+
+# Import names checked after install; bare must NOT have numpy.
+_IMPORTS = {"tflite-runtime": "tflite_runtime.interpreter", "onnxruntime": "onnxruntime", "numpy": "numpy"}
+_PIP_TIMEOUT = 900
+
+
+def device_python(name: str, cache: Path | None = None) -> str:
+    """Path of the python for env ``name`` (a DEVICE_ENVS key or "host"), building the venv on first use."""
+    if name == HOST:
+        return sys.executable
+    if name not in DEVICE_ENVS:
+        raise ValueError(f"unknown device env {name!r}; known: {', '.join([HOST, *DEVICE_ENVS])}")
+    if cache is None:
+        from edgekit._paths import cache_dir
+
+        cache = cache_dir()
+    base = _base_python()
+    reqs = DEVICE_ENVS[name]
+    recipe = {"name": name, "requirements": reqs, "python": base, "version": platform.python_version(),
+              "machine": platform.machine()}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
+    envs = Path(cache) / "device-envs"
+    final = envs / f"{name}-{key}"
+    python = final / "bin" / "python"  # never resolve(): the symlink target is the base python, outside the venv
+    if python.exists():
+        return str(python)
+    envs.mkdir(parents=True, exist_ok=True)
+    with open(envs / f".{name}-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per recipe; others wait and reuse its result
+        if python.exists():
+            return str(python)
+        for stale in envs.glob(f".tmp-{name}-{key}-*"):  # left by a crashed build (we hold the lock)
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{key}-", dir=envs))
+        try:
+            _build(tmp, base, reqs)
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; a device user other than us must read it
+            (tmp / "edgekit-env.json").write_text(json.dumps(recipe, indent=2) + "\n")
+            os.rename(tmp, final)  # atomic: the final path is either absent or complete
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(python)
+
+
+def _base_python() -> str:
+    """The real interpreter behind the current venv (a venv of a venv would chain to ours)."""
+    base = getattr(sys, "_base_executable", "")
+    return base if base and Path(base).exists() else str(Path(sys.base_prefix) / "bin" / "python3")
+
+
+def _build(env: Path, base: str, reqs: list[str]) -> None:
+    run_env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    _run([base, "-m", "venv", str(env)], run_env, "venv creation")
+    py = str(env / "bin" / "python")
+    if reqs:
+        _run([py, "-m", "pip", "install", "--disable-pip-version-check", "-q", *reqs], run_env, "pip install")
+    names = {r.split("[")[0].split("=")[0].split("<")[0].split(">")[0].split("!")[0].strip().lower() for r in reqs}
+    checks = [f"import {_IMPORTS[n]}" for n in sorted(names) if n in _IMPORTS]
+    if "numpy" not in names:
+        checks.append("import importlib.util as u; assert u.find_spec('numpy') is None, 'numpy must be absent'")
+    _run([py, "-I", "-c", "; ".join(checks)], run_env, "import check")
+
+
+def _run(argv: list[str], env: dict[str, str], what: str) -> None:
+    try:
+        out = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                             timeout=_PIP_TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        raise RuntimeError(f"device env {what} timed out after {_PIP_TIMEOUT}s: {' '.join(argv)}") from e
+    if out.returncode != 0:
+        tail = "\n".join((out.stdout + out.stderr).strip().splitlines()[-30:])
+        raise RuntimeError(f"device env {what} failed ({' '.join(argv)}):\n{tail}")
