@@ -25,7 +25,7 @@ import shlex
 import socket
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from edgekit.config.device import SshDevice
 from edgekit.errors import AgentError, DeviceError
@@ -37,31 +37,42 @@ if TYPE_CHECKING:
 TCP_USER_TIMEOUT_MS = 10_000  # unacknowledged data for this long = the link is dead
 KEEPALIVE_SECONDS = 3
 MAX_OUTPUT_BYTES = 32 * 1024 * 1024  # what a device sends back is untrusted: bound it
+UPLOAD_TIMEOUT_S = 1800.0  # a 2 GB model over a slow Wi-Fi link; a dead link fails long before (TCP user timeout)
 _PID_MARK = "edgekit-pid "
 
-# Runs on the device with its own python (standard library only): hash every file of a finished transfer,
-# then publish the folder by renaming it. A mismatch removes the transfer and exits non-zero.
-_FINALIZE = r"""
+# Runs on the device with its own python (standard library only), reading the group's files from stdin
+# one after another: each is written into a temporary folder and hashed as it arrives; the folder is
+# renamed to its content address only when every hash matched. Any failure removes it and says why
+# (with the errno text: "No space left on device", "Read-only file system").
+_RECEIVE = r"""
 import hashlib, json, os, shutil, sys
-tmp, final, expected = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-def sha(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-bad = [name for name, digest in sorted(expected.items()) if sha(os.path.join(tmp, name)) != digest]
-if bad:
-    shutil.rmtree(tmp, ignore_errors=True)
-    sys.exit("sha256 mismatch after transfer: " + ", ".join(bad))
+final, tmp, files = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+src = sys.stdin.buffer
 try:
-    os.rename(tmp, final)
-except OSError:
+    os.makedirs(os.path.dirname(tmp), exist_ok=True)
+    os.mkdir(tmp)
+    for name, size, digest in files:
+        h, left = hashlib.sha256(), size
+        with open(os.path.join(tmp, name), "wb") as f:
+            while left:
+                block = src.read(min(left, 1 << 20))
+                if not block:
+                    raise EOFError(f"{name}: the transfer ended after {size - left} of {size} bytes")
+                f.write(block)
+                h.update(block)
+                left -= len(block)
+        if h.hexdigest() != digest:
+            raise ValueError(f"{name}: sha256 mismatch after transfer")
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not os.path.isdir(final):  # else: the same content arrived meanwhile by another push
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+except BaseException as exc:
     shutil.rmtree(tmp, ignore_errors=True)
-    if not os.path.isdir(final):
-        raise
+    sys.exit(f"{type(exc).__name__}: {exc}")
 """
-
 
 # Runs on the device: why can't we write under argv[1]? (nearest existing ancestor: read-only, no permission,
 # or fewer free bytes than argv[2]).
@@ -203,7 +214,7 @@ class SshTransport(Transport):
 
     # ---- commands -------------------------------------------------------------------------------------
 
-    def run(self, argv: list[str], *, timeout: float, stdin: bytes | None = None) -> CommandResult:
+    def run(self, argv: list[str], *, timeout: float, stdin: bytes | Iterable[bytes] | None = None) -> CommandResult:
         """Run ``argv`` in the login home; every word quoted, so names with spaces or ``;`` stay words."""
         command = (f"echo {_PID_MARK}$$ >&2 && "
                    ': "${OMP_NUM_THREADS:=1}" && export OMP_NUM_THREADS && exec ' + shlex.join(argv))
@@ -218,18 +229,18 @@ class SshTransport(Transport):
             err = "no exit status: the command was killed by a signal or the connection dropped"
         return CommandResult(argv, code, out, err, time.perf_counter() - start)
 
-    def _exec(self, command: str, timeout: float, stdin: bytes | None, argv: list[str]) -> tuple[str, str, int]:
+    def _exec(self, command: str, timeout: float, stdin: bytes | Iterable[bytes] | None,
+              argv: list[str]) -> tuple[str, str, int]:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
             raise DeviceError("the SSH connection is closed", device=self.device_name)
         chan = transport.open_session(timeout=self.device.connect_timeout)
         try:
             chan.exec_command(command)
-            if stdin:
-                chan.sendall(stdin)
+            deadline = time.monotonic() + timeout
+            _send(chan, stdin, timeout)
             chan.shutdown_write()
             out, err = bytearray(), bytearray()
-            deadline = time.monotonic() + timeout
             while True:
                 busy = False
                 while chan.recv_ready():
@@ -288,26 +299,22 @@ class SshTransport(Transport):
         return remote
 
     def _upload_group(self, files: list[Path], digests: dict[str, str], store: str, final: str) -> None:
+        """Stream the files into one remote command that writes, hashes, verifies and publishes them."""
         tmp = posixpath.join(store, f".tmp-{posixpath.basename(final)[:16]}-{secrets.token_hex(4)}")
-        sftp = self.sftp()
-        try:
-            self._makedirs(tmp)
-            for f in files:
-                sftp.put(str(f), posixpath.join(tmp, f.name))
-                self.stats.bytes_sent += f.stat().st_size
-                self.stats.files_sent += 1
-        except (OSError, EOFError) as exc:
-            self._remove_quietly(tmp)
-            needed = sum(f.stat().st_size for f in files)
-            raise DeviceError(f"upload to {tmp} failed: {exc or type(exc).__name__} ({self._diagnose(store, needed)})",
-                              device=self.device_name) from exc
-        argv = [self.python, "-c", _FINALIZE, tmp, final, json.dumps(digests)]
-        res = self.run(argv, timeout=300)
-        if res.exit_code != 0:
-            detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit code {res.exit_code}"
-            if res.exit_code == 127:
-                detail = f"device python {self.python!r} not found: set 'python' in devices.yaml ({detail})"
-            raise DeviceError(f"verifying the upload in {tmp} failed: {detail}", device=self.device_name)
+        manifest = [[f.name, f.stat().st_size, digests[f.name]] for f in files]
+        argv = [self.python, "-c", _RECEIVE, final, tmp, json.dumps(manifest)]
+        res = self.run(argv, timeout=UPLOAD_TIMEOUT_S, stdin=_file_chunks(files))
+        if res.exit_code == 0:
+            self.stats.bytes_sent += sum(size for _, size, _ in manifest)
+            self.stats.files_sent += len(files)
+            return
+        detail = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"exit code {res.exit_code}"
+        if res.exit_code == 127:
+            raise DeviceError(f"python {self.python!r} not found on the device: set 'python' in devices.yaml "
+                              f"({detail})", device=self.device_name)
+        if "mismatch" not in detail:
+            detail += f" ({self._diagnose(store, sum(size for _, size, _ in manifest))})"
+        raise DeviceError(f"upload to {tmp} failed: {detail}", device=self.device_name)
 
     def _diagnose(self, folder: str, needed: int) -> str:
         """SFTP says only "Failure" for a full disk and a read-only one alike: ask the device which it is."""
@@ -343,24 +350,6 @@ class SshTransport(Transport):
         except OSError as exc:
             raise DeviceError(f"cannot look at {path}: {_os_error_text(exc)}", device=self.device_name) from exc
 
-    def _makedirs(self, path: str) -> None:
-        sftp = self.sftp()
-        parts = path.split("/")
-        for i in range(2, len(parts) + 1):
-            sub = "/".join(parts[:i])
-            if sub and not self._is_dir(sub):
-                try:
-                    sftp.mkdir(sub)
-                except OSError as exc:
-                    if not self._is_dir(sub):
-                        raise OSError(f"cannot create {sub}: {_os_error_text(exc)}") from exc
-
-    def _remove_quietly(self, folder: str) -> None:
-        try:
-            self.run(["rm", "-rf", "--", folder], timeout=30)
-        except Exception:
-            pass
-
     def close(self) -> None:
         if self._sftp is not None:
             self._sftp.close()
@@ -369,6 +358,29 @@ class SshTransport(Transport):
 
 def _os_error_text(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
+
+
+def _send(chan: Any, stdin: bytes | Iterable[bytes] | None, timeout: float) -> None:
+    """Feed the command's stdin. If it stops reading (it failed), stop too: its stderr will say why."""
+    if stdin is None:
+        return
+    chan.settimeout(timeout)
+    try:
+        for chunk in [stdin] if isinstance(stdin, (bytes, bytearray)) else stdin:
+            chan.sendall(chunk)
+    except socket.timeout:
+        raise
+    except OSError:
+        if chan.get_transport() is None or not chan.get_transport().is_active():
+            raise
+    finally:
+        chan.settimeout(None)
+
+
+def _file_chunks(files: Sequence[Path], size: int = 1 << 20) -> Iterator[bytes]:
+    for path in files:
+        with open(path, "rb") as f:
+            yield from iter(lambda: f.read(size), b"")
 
 
 def _split_pid(stderr: str) -> tuple[str | None, str]:
