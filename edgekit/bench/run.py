@@ -51,8 +51,8 @@ def measure_on(transport: Transport, artifacts: Sequence[Any], cfg: BenchConfig,
             continue
         missing = runtimes is not None and not runtimes.get(art.format, {}).get("package")
         if missing:
-            row["error"] = (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need one "
-                            f"of {_runtime_names(art.format)} for {transport.python} "
+            row["error"] = (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need "
+                            f"{_runtime_names(art.format)} for {transport.python} "
                             f"({runtimes.get(art.format, {}).get('error') or 'not importable'})")
             continue
         if on_event:

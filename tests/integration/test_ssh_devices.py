@@ -331,3 +331,31 @@ def test_unwritable_workdir_is_a_clear_device_error(sshd_device_factory, isolate
         assert not [p for p in mnt.rglob("*") if p.is_file()]  # nothing half-written is left behind
     finally:
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_serve_runs_test_devices_for_the_readme_until_interrupted(isolated_ssh_env, tmp_path: Path) -> None:
+    import signal
+    import socket
+
+    import yaml
+
+    if not Path("/usr/sbin/sshd").exists():
+        pytest.skip("sshd not installed")
+    devices = tmp_path / "test-devices.yaml"
+    proc = subprocess.Popen([os.sys.executable, "-m", "edgekit.testing", "serve", "--device", "demo=host:x86",
+                             "--devices-file", str(devices), "--root", str(tmp_path / "root")],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not devices.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        entry = yaml.safe_load(devices.read_text())["devices"][0]
+        out = subprocess.run([*EDGEKIT, "devices", "check", "demo", "--devices", str(devices)], capture_output=True,
+                             text=True, timeout=300)
+        assert out.returncode == 0 and "ready" in out.stdout, out.stdout + out.stderr
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", entry["port"]), timeout=2).close()
+    assert not devices.exists()  # its devices are gone, so is the file naming them
