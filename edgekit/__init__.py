@@ -4,7 +4,7 @@
 """
 
 from edgekit import errors
-from edgekit._api import benchmark, compress, deploy, device_profile, export
+from edgekit._api import benchmark, compress, deploy, device_profile, export, op_table
 from edgekit._check import DeviceCheck, check_device
 from edgekit.bench.config import BenchConfig
 from edgekit.config import (
@@ -46,4 +46,5 @@ __all__ = [
     "load_devices",
     "load_profile",
     "load_target",
+    "op_table",
 ]

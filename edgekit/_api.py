@@ -67,6 +67,13 @@ def benchmark(
     return _benchmark(artifacts, device, config, devices_file=devices_file, on_event=on_event)
 
 
+def op_table(df: "pd.DataFrame") -> "pd.DataFrame":
+    """Per-op profiles of a benchmark run with ``profile_ops=True``: a row per op per measured artifact."""
+    from edgekit.bench.results import op_table as _op_table
+
+    return _op_table(df)
+
+
 def device_profile(device: LocalDevice | SshDevice, override: str | Path | Profile | None = None) -> Profile:
     """``override``, else the device's own profile, else (local only) the one matching this host."""
     if override is not None:

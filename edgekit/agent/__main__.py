@@ -6,7 +6,8 @@ that prints from C code cannot corrupt the JSON.
 
 Stages, as reported in errors: ``request`` (reading and checking the request and the inputs file),
 ``load`` (importing the runtime, constructing the runner), ``warmup`` (preparing inputs, first inference,
-warm-up loop), ``run`` (timed loop, statistics, memory, energy).
+warm-up loop), ``run`` (idle baseline, timed loop, statistics, memory, energy, run conditions), ``accuracy``
+(the eval set through the runtime, untimed), ``profile`` (a per-op pass, untimed, when asked).
 Exit codes: 0 ok, 1 other failure, 2 bad request, 3 runtime missing.
 
 ``python -m edgekit.agent info`` prints which runtimes import here (for device checks).
@@ -82,7 +83,7 @@ REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
     "min_seconds": (_NUMBER, 0),
     "max_seconds": (_NUMBER, 0),
 }
-OPTIONAL_FIELDS = ("energy", "sha256")
+OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops")
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -116,7 +117,7 @@ def validate_request(request: Any) -> None:
     if request["max_seconds"] <= 0 or request["max_seconds"] < request["min_seconds"]:
         value = request["max_seconds"]
         raise bad_request(f"request field 'max_seconds' is {value!r}; it must be > 0 and >= min_seconds")
-    _check_energy(request.get("energy"))
+    _check_optional(request)
     for name in ("artifact", "inputs"):
         if not os.path.isfile(request[name]):
             raise bad_request(f"request field '{name}': file not found: {request[name]}", "FileNotFoundError")
@@ -161,13 +162,32 @@ def _check_field(name: str, value: Any, kind: str, lowest: Optional[float]) -> N
         raise bad_request(f"request field '{name}' must be >= {lowest:g}, got {value!r}")
 
 
-def _check_energy(energy: Any) -> None:
-    if energy is None:
-        return
-    if not isinstance(energy, dict) or set(energy) - {"sysfs_root"}:
-        raise bad_request(f"request field 'energy' must be null or {{\"sysfs_root\": \"/\"}}, got {energy!r}")
-    if not isinstance(energy.get("sysfs_root", "/"), str):
-        raise bad_request(f"request field 'energy.sysfs_root' must be a string, got {energy['sysfs_root']!r}")
+ENERGY_KEYS = ("external", "idle_seconds", "interval_s", "power_model")
+SENSOR_KEYS = ("root", "vcgencmd")
+
+
+def _check_optional(request: dict[str, Any]) -> None:
+    energy, sensors = request.get("energy"), request.get("sensors")
+    if energy is not None:
+        if not isinstance(energy, dict) or set(energy) - set(ENERGY_KEYS):
+            raise bad_request(f"request field 'energy' must be null or an object with keys {list(ENERGY_KEYS)}, "
+                              f"got {energy!r}")
+        from .meters import check_config
+
+        try:
+            check_config({k: v for k, v in energy.items() if v is not None})
+        except ValueError as exc:
+            raise bad_request(f"request field 'energy': {exc}") from exc
+    if sensors is not None:
+        if not isinstance(sensors, dict) or set(sensors) - set(SENSOR_KEYS) or \
+                not all(isinstance(v, str) and v for v in sensors.values()):
+            raise bad_request(f"request field 'sensors' must be an object of strings with keys {list(SENSOR_KEYS)}, "
+                              f"got {sensors!r}")
+    if not isinstance(request.get("profile_ops", False), bool):
+        raise bad_request(f"request field 'profile_ops' must be true or false, got {request['profile_ops']!r}")
+    path = request.get("eval")
+    if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
+        raise bad_request(f"request field 'eval': file not found: {path!r}", "FileNotFoundError")
 
 
 def load_inputs(path: str) -> list[Any]:
@@ -189,71 +209,125 @@ def load_inputs(path: str) -> list[Any]:
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
-    """Load, warm up, time, and describe one artifact, in that order (see the module docstring)."""
+    """Load, warm up, measure idle power, time, then (untimed) score and profile one artifact."""
     modules = _import_agent_modules()
+    sensors = request.get("sensors") or {}
+    root, vcgencmd = sensors.get("root", "/"), sensors.get("vcgencmd", "vcgencmd")
+    # Load average before this process loads anything: the runtime import and model load are not "others".
+    load_before = modules.conditions.snapshot(root, None).get("load_avg")
     inputs = load_inputs(request["inputs"])
-    runner, import_ms, load_ms, rss_after_load = _load(modules.runtimes, modules.measure, request)
+    measure = modules.measure
+    runner, import_ms, load_ms, rss_after_load = _load(modules.runtimes, measure, request)
+    with stage("load"):
+        meter = modules.meters.open_meter(_meter_config(request.get("energy"), root, vcgencmd))
     gc.collect()
     gc.disable()  # as timeit does: a collection pass inside the timed region is not the model's cost
     try:
         with stage("warmup"):
             prepared = runner.prepare(inputs)
-            _, first_ms = modules.measure.timed_call(runner.invoke, prepared)
-            warm = _warm_up(modules.measure, runner, prepared, request)
+            _, first_ms = measure.timed_call(runner.invoke, prepared)
+            warm = _warm_up(measure, runner, prepared, request)
         with stage("run"):
-            sensor, reason = _energy_sensor(modules.energy, request.get("energy", {}))
-            before = _read_sensor(sensor)
-            loop = modules.measure.timed_loop(runner.invoke, prepared, request["min_iterations"],
-                                              request["min_seconds"], request["max_seconds"])
-            after = _read_sensor(sensor)
+            reset, reset_note = measure.reset_peak_rss()  # from here on VmHWM is the steady state's peak
+            meter.measure_idle()  # the config's idle_seconds; a no-op without a sensor
+            before = {**modules.conditions.snapshot(root, vcgencmd), "load_avg": load_before}
+            meter.start()
+            loop = measure.timed_loop(runner.invoke, prepared, request["min_iterations"],
+                                      request["min_seconds"], request["max_seconds"])
+            meter.stop()
+            after = modules.conditions.snapshot(root, vcgencmd)
     finally:
         gc.enable()
     log.info("%d iterations in %.3f s", loop.iterations, loop.seconds)
     with stage("run"):
-        # Peak memory is read before the samples are turned into JSON-ready lists, which is not the model's.
-        rss_peak, method = modules.measure.peak_rss_mib()
-        files = modules.measure.artifact_files(request["artifact"], request["format"])
-        return {
-            "ok": True,
-            "agent_version": AGENT_VERSION,
-            "format": request["format"],
-            "artifact": request["artifact"],
-            "artifact_bytes": sum(os.path.getsize(f) for f in files),
-            "artifact_files": files,
-            "runtime": runner.info(),
-            "threads": request["threads"],
-            "runtime_import_ms": import_ms,
-            "load_ms": load_ms,
-            "first_inference_ms": first_ms,
-            "warmup": {"iterations": warm[0], "seconds": warm[1]},
-            "latency_ms": modules.measure.latency_stats(loop.samples_ns),
-            "iterations": loop.iterations,
-            "timed_seconds": loop.seconds,
-            "truncated": loop.truncated,
-            "timing_note": TIMING_NOTE,
-            "memory": {
-                "peak_rss_mb_after_load": rss_after_load,
-                "peak_rss_mb": rss_peak,
-                "method": method,
-                "note": MEMORY_NOTE,
-            },
-            "energy": _energy_result(modules.energy, sensor, reason, before, after, loop),
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-        }
+        # Peak memory is read before anything else allocates (scoring, profiling, JSON-ready lists).
+        rss_steady, method = measure.peak_rss_mib()
+        energy = meter.result(loop.iterations)
+        conditions = modules.conditions.summarize(before, after, modules.conditions.judge(before, after))
+    with stage("accuracy"):
+        accuracy = _device_accuracy(measure, runner, request.get("eval"))
+    with stage("profile"):
+        ops = None
+        if request.get("profile_ops"):
+            from . import opprofile
+
+            ops = opprofile.profile_ops(request["format"], request["artifact"], inputs, request["threads"])
+    files = measure.artifact_files(request["artifact"], request["format"])
+    return {
+        "ok": True,
+        "agent_version": AGENT_VERSION,
+        "format": request["format"],
+        "artifact": request["artifact"],
+        "artifact_bytes": sum(os.path.getsize(f) for f in files),
+        "artifact_files": files,
+        "runtime": runner.info(),
+        "threads": request["threads"],
+        "runtime_import_ms": import_ms,
+        "load_ms": load_ms,
+        "first_inference_ms": first_ms,
+        "warmup": {"iterations": warm[0], "seconds": warm[1]},
+        "latency_ms": measure.latency_stats(loop.samples_ns),
+        "iterations": loop.iterations,
+        "timed_seconds": loop.seconds,
+        "truncated": loop.truncated,
+        "timing_note": TIMING_NOTE,
+        "memory": _memory(rss_after_load, rss_steady, method, reset, reset_note),
+        "energy": energy,
+        "conditions": conditions,
+        "device_accuracy": accuracy,
+        "op_profile": ops,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
+
+
+def _meter_config(energy: Optional[dict[str, Any]], root: str, vcgencmd: str) -> Optional[dict[str, Any]]:
+    if energy is None:
+        return None
+    config = {k: v for k, v in energy.items() if v is not None}
+    return {**config, "sysfs_root": root, "vcgencmd": vcgencmd}
+
+
+def _memory(after_load: Optional[float], steady: Optional[float], method: str, reset: bool,
+            reset_note: str) -> dict[str, Any]:
+    """After-load peak and steady-state peak apart, when the kernel let us reset VmHWM between them."""
+    if reset:
+        how = f"{method}; read after load, then reset via /proc/self/clear_refs (5) before the timed loop"
+        steady_peak = steady
+    else:
+        how = f"{method}; {reset_note}: the steady-state peak cannot be told apart from the load peak"
+        steady_peak = None
+    peaks = [v for v in (after_load, steady) if v is not None]
+    return {"peak_rss_mb_after_load": after_load, "peak_rss_mb_steady": steady_peak,
+            "peak_rss_mb": max(peaks) if peaks else None, "method": how, "note": MEMORY_NOTE}
+
+
+def _device_accuracy(measure: Any, runner: Any, path: Optional[str]) -> Optional[dict[str, Any]]:
+    """Top-1 on the eval set, computed by this device's runtime: what was measured is what was shipped."""
+    if not path:
+        return None
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as npz:
+        names = sorted((n for n in npz.files if n.startswith("input_")), key=lambda n: int(n[6:]))
+        if not names or "labels" not in npz.files:
+            raise ValueError(f"{path}: an eval set needs input_0.. and labels, found {sorted(npz.files)}")
+        columns, labels = [np.array(npz[n]) for n in names], np.array(npz["labels"])
+    samples = [[col[i] for col in columns] for i in range(len(labels))]
+    return {"top1": measure.top1_accuracy(runner.run, samples, labels), "samples": len(labels)}
 
 
 def _import_agent_modules() -> Any:
     """The numpy-using modules, imported late so a device without numpy still gets a JSON answer."""
     with stage("load"):
         try:
-            from . import energy, measure, runtimes
+            from . import conditions, measure, meters, runtimes
         except ImportError as exc:
             if exc.name != "numpy":
                 raise
             message = f"numpy is not installed: {exc}"
             raise AgentError("load", "RuntimeMissing", message, EXIT_RUNTIME_MISSING) from exc
-    return argparse.Namespace(energy=energy, measure=measure, runtimes=runtimes)
+    return argparse.Namespace(conditions=conditions, measure=measure, meters=meters, runtimes=runtimes)
 
 
 def _load(runtimes: Any, measure: Any, request: dict[str, Any]) -> tuple[Any, float, float, Optional[float]]:
@@ -274,31 +348,6 @@ def _warm_up(measure: Any, runner: Any, prepared: Any, request: dict[str, Any]) 
     warm = measure.timed_loop(runner.invoke, prepared, request["warmup_iterations"],
                               request["warmup_seconds"], request["max_seconds"])
     return warm.iterations, warm.seconds
-
-
-def _energy_sensor(energy: Any, config: Optional[dict[str, Any]]) -> tuple[Any, str]:
-    if config is None:
-        return None, "disabled by request"
-    return energy.find_sensor(config.get("sysfs_root", "/"))
-
-
-def _read_sensor(sensor: Any) -> Any:
-    """A reading, or the error text: a sensor failing mid-run must not fail the benchmark."""
-    if sensor is None:
-        return None
-    try:
-        return sensor.read()
-    except (OSError, ValueError) as exc:
-        return f"reading {sensor.source} failed: {type(exc).__name__}: {exc}"
-
-
-def _energy_result(energy: Any, sensor: Any, reason: str, before: Any, after: Any, loop: Any) -> dict[str, Any]:
-    if sensor is None:
-        return energy.unavailable(reason)
-    for reading in (before, after):
-        if isinstance(reading, str):
-            return energy.unavailable(reading, sensor.source)
-    return energy.energy_result(sensor, before, after, loop.seconds, loop.iterations)
 
 
 def info() -> dict[str, Any]:

@@ -104,12 +104,9 @@ def os_name(os_release: str = "/etc/os-release") -> str:
 
 
 def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
-    from . import energy
+    from .meters import describe_sources
 
-    sensor, reason = energy.find_sensor(sysfs_root)
-    if sensor is None:
-        return {"available": False, "reason": reason}
-    return {"available": True, "source": sensor.source}
+    return describe_sources(sysfs_root)
 
 
 def device_info() -> dict[str, Any]:

@@ -106,6 +106,13 @@ def median_ci95(values: Any) -> list[float]:
     return [float(x[lo - 1]), float(x[hi - 1])]
 
 
+def top1_accuracy(predict: Callable[[Any], Sequence[Any]], samples: Sequence[Any], labels: Any) -> float:
+    """Top-1 over the first output. One definition for PyTorch, the host's runtimes and the device's agent,
+    so their figures compare."""
+    preds = [int(np.argmax(np.asarray(predict(x)[0]).reshape(-1))) for x in samples]
+    return float(np.mean(np.asarray(preds) == np.asarray(labels).reshape(-1)))
+
+
 # ---- memory -----------------------------------------------------------------------------------------
 
 PROC_STATUS = "/proc/self/status"
@@ -122,6 +129,19 @@ def peak_rss_mib(proc_status: str = PROC_STATUS) -> tuple[Optional[float], str]:
     if vmhwm is not None:
         return vmhwm, METHOD_VMHWM
     return _ru_maxrss_mib(), METHOD_RUSAGE
+
+
+CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def reset_peak_rss(clear_refs: str = CLEAR_REFS) -> tuple[bool, str]:
+    """Reset VmHWM to the current RSS (Linux >= 4.0: write 5 to clear_refs): (done, why not)."""
+    try:
+        with open(clear_refs, "w", encoding="ascii") as f:
+            f.write("5")
+        return True, ""
+    except OSError as exc:
+        return False, f"cannot reset VmHWM via {clear_refs} ({exc.strerror or exc})"
 
 
 def read_vmhwm_mib(proc_status: str = PROC_STATUS) -> Optional[float]:

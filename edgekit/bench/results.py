@@ -11,14 +11,19 @@ import pandas as pd
 ACCURACY_BUDGET = 0.01
 
 COLUMNS = [
-    "recommended", "device", "profile", "model", "target", "precision", "artifact_bytes",
+    "recommended", "device", "profile", "model", "target", "precision", "threads", "artifact_bytes",
     "parity_max_abs_err", "parity_cosine", "parity_top1_agreement", "parity_ok", "parity_failures",
-    "accuracy", "reference_accuracy",
+    "accuracy", "reference_accuracy", "device_accuracy", "device_eval_samples",
     "latency_ms_p50", "latency_ms_p90", "latency_ms_p95", "latency_ms_p99", "latency_ms_mean", "latency_ms_std",
-    "latency_ms_min", "latency_ms_p50_ci95_low", "latency_ms_p50_ci95_high", "iterations", "timed_seconds", "truncated", "threads",
-    "load_ms", "first_inference_ms", "peak_rss_mb_after_load", "peak_rss_mb", "memory_method",
-    "energy_mj_per_inference", "energy_status", "energy_source",
-    "runtime", "runtime_version", "export_seconds", "artifact_path", "error", "latency_ms_samples",
+    "latency_ms_min", "latency_ms_max", "latency_ms_p50_ci95_low", "latency_ms_p50_ci95_high", "iterations",
+    "timed_seconds", "truncated", "load_ms", "first_inference_ms", "runtime_import_ms",
+    "peak_rss_mb_after_load", "peak_rss_mb_steady", "peak_rss_mb", "memory_method",
+    "energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj", "energy_idle_power_mw",
+    "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
+    "noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after", "cpu_freq_mhz_min_after",
+    "temp_c_before", "temp_c_after", "throttled", "throttled_flags", "load_avg_1m_before", "other_cpu_cores",
+    "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
+    "latency_ms_samples", "op_profile",
 ]
 
 
@@ -38,23 +43,53 @@ def artifact_row(art: Any, device: str) -> dict[str, Any]:
 
 
 def measurement_fields(result: dict[str, Any]) -> dict[str, Any]:
-    """The measured half of a row, from the agent's JSON answer."""
-    lat, mem, energy = result["latency_ms"], result.get("memory", {}), result.get("energy", {})
+    """The measured half of a row, from the agent's JSON answer; units are in the column names."""
+    lat, mem = result["latency_ms"], result.get("memory") or {}
+    energy, cond = result.get("energy") or {}, result.get("conditions") or {}
+    acc, runtime = result.get("device_accuracy") or {}, result.get("runtime") or {}
     ci = lat.get("ci95_p50") or [None, None]
     return {
         "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p95": lat.get("p95"),
         "latency_ms_p99": lat["p99"], "latency_ms_mean": lat["mean"], "latency_ms_std": lat.get("std"),
-        "latency_ms_min": lat.get("min"), "latency_ms_p50_ci95_low": ci[0], "latency_ms_p50_ci95_high": ci[1],
+        "latency_ms_min": lat.get("min"), "latency_ms_max": lat.get("max"),
+        "latency_ms_p50_ci95_low": ci[0], "latency_ms_p50_ci95_high": ci[1],
         "latency_ms_samples": list(lat["samples"]), "iterations": result["iterations"],
         "timed_seconds": result.get("timed_seconds"), "truncated": result.get("truncated"),
         "threads": result.get("threads"), "load_ms": result.get("load_ms"),
-        "first_inference_ms": result.get("first_inference_ms"),
-        "peak_rss_mb_after_load": mem.get("peak_rss_mb_after_load"), "peak_rss_mb": mem.get("peak_rss_mb"),
-        "memory_method": mem.get("method"),
-        "energy_mj_per_inference": energy.get("mj_per_inference"), "energy_status": energy.get("status"),
-        "energy_source": energy.get("source"),
-        "runtime": result.get("runtime", {}).get("name"), "runtime_version": result.get("runtime", {}).get("version"),
+        "first_inference_ms": result.get("first_inference_ms"), "runtime_import_ms": result.get("runtime_import_ms"),
+        "peak_rss_mb_after_load": mem.get("peak_rss_mb_after_load"), "peak_rss_mb_steady": mem.get("peak_rss_mb_steady"),
+        "peak_rss_mb": mem.get("peak_rss_mb"), "memory_method": mem.get("method"),
+        "energy_mj_per_inference": energy.get("energy_mj_per_inference"),
+        "energy_total_mj_per_inference": energy.get("energy_total_mj_per_inference"),
+        "energy_error_mj": energy.get("energy_error_mj"), "energy_idle_power_mw": energy.get("idle_power_mw"),
+        "energy_active_power_mw": energy.get("active_power_mw"), "energy_window_s": energy.get("window_s"),
+        "energy_status": energy.get("status"), "energy_source": energy.get("source"), "energy_note": energy.get("note"),
+        **{k: cond.get(k) for k in CONDITION_COLUMNS},
+        "device_accuracy": acc.get("top1"), "device_eval_samples": acc.get("samples"),
+        "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
+        "machine": result.get("machine"), "python_version": result.get("python"),
+        "op_profile": result.get("op_profile"),
     }
+
+
+CONDITION_COLUMNS = ("noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after",
+                     "cpu_freq_mhz_min_after", "temp_c_before", "temp_c_after", "throttled", "throttled_flags",
+                     "load_avg_1m_before", "other_cpu_cores")
+
+
+def op_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per-op profiles (``profile_ops=True``) as one long table: a row per op per measured artifact."""
+    rows = []
+    for _, r in df.iterrows():
+        prof = r.get("op_profile")
+        if not isinstance(prof, dict):
+            continue
+        for op in prof.get("ops") or []:
+            rows.append({"device": r["device"], "target": r["target"], "precision": r["precision"],
+                         "threads": r["threads"], "op": op.get("name"), "type": op.get("type"),
+                         "time_ms": op.get("time_ms"), "share": op.get("share"), "method": prof.get("method")})
+    cols = ["device", "target", "precision", "threads", "op", "type", "time_ms", "share", "method"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:

@@ -45,23 +45,29 @@ def measure_on(transport: Transport, artifacts: Sequence[Any], cfg: BenchConfig,
     runtimes = describe_device(transport, agent)["runtimes"] if remote else None
     rows = []
     for art in artifacts:
-        row = artifact_row(art, transport.device_name)
-        rows.append(row)
-        if art.error or art.path is None:
+        problem = art.error or _missing_runtime(art, runtimes, transport)
+        if problem or art.path is None:
+            rows.append({**artifact_row(art, transport.device_name), "error": problem})
             continue
-        missing = runtimes is not None and not runtimes.get(art.format, {}).get("package")
-        if missing:
-            row["error"] = (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need "
-                            f"{_runtime_names(art.format)} for {transport.python} "
-                            f"({runtimes.get(art.format, {}).get('error') or 'not importable'})")
-            continue
-        if on_event:
-            on_event(f"measuring {art.target} {art.precision} on {transport.device_name}")
-        try:
-            row.update(measurement_fields(_measure(art, transport, agent, cfg, remote)))
-        except (AgentError, DeviceError) as exc:
-            row["error"] = f"benchmark failed: {exc}"
+        for threads in cfg.thread_counts(art.threads):  # one fresh agent process, and one row, per count
+            row = {**artifact_row(art, transport.device_name), "threads": threads}
+            rows.append(row)
+            if on_event:
+                on_event(f"measuring {art.target} {art.precision} ({threads} threads) on {transport.device_name}")
+            try:
+                row.update(measurement_fields(_measure(art, transport, agent, cfg, remote, threads)))
+            except (AgentError, DeviceError) as exc:
+                row["error"] = f"benchmark failed: {exc}"
     return rows
+
+
+def _missing_runtime(art: Any, runtimes: dict[str, Any] | None, transport: Transport) -> str | None:
+    """Why the device cannot run ``art`` (its runtime does not import there), or None."""
+    if runtimes is None or runtimes.get(art.format, {}).get("package"):
+        return None
+    why = runtimes.get(art.format, {}).get("error") or "not importable"
+    return (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need "
+            f"{_runtime_names(art.format)} for {transport.python} ({why})")
 
 
 def install_agent(transport: Transport) -> str:
@@ -93,19 +99,31 @@ def _runtime_names(fmt: str) -> str:
     return " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[fmt])
 
 
-def _measure(art: Any, transport: Transport, agent: str, cfg: BenchConfig, remote: bool) -> dict[str, Any]:
+def _measure(art: Any, transport: Transport, agent: str, cfg: BenchConfig, remote: bool,
+             threads: int) -> dict[str, Any]:
     files = list(art.files) or [art.path]
     staged = dict(zip(files, transport.stage(files)))
-    inputs = transport.put(art.inputs)
+    pushed = {art.inputs: transport.put(art.inputs)}
+    if cfg.device_accuracy and art.eval_set is not None:
+        pushed[art.eval_set] = transport.put(art.eval_set)
     request: dict[str, Any] = {
-        "artifact": staged[art.path], "format": art.format, "inputs": inputs,
-        "threads": cfg.threads or art.threads,
+        "artifact": staged[art.path], "format": art.format, "inputs": pushed[art.inputs], "threads": threads,
         "warmup_iterations": cfg.warmup_iterations, "warmup_seconds": cfg.warmup_seconds,
         "min_iterations": cfg.min_iterations, "min_seconds": cfg.min_seconds, "max_seconds": cfg.max_seconds,
+        "energy": _energy_request(cfg, art), "sensors": {"root": cfg.sensors_root},
+        "profile_ops": cfg.profile_ops, "eval": pushed.get(art.eval_set) if art.eval_set else None,
     }
     if remote:  # the agent re-hashes before running: bytes changed on the device are never measured
-        request["sha256"] = {staged[f]: file_sha256(f) for f in files} | {inputs: file_sha256(art.inputs)}
+        request["sha256"] = {staged[f]: file_sha256(f) for f in files} | {r: file_sha256(f) for f, r in pushed.items()}
     return run_agent(transport, agent, request, cfg.timeout)
+
+
+def _energy_request(cfg: BenchConfig, art: Any) -> dict[str, Any] | None:
+    if not cfg.energy:
+        return None
+    return {"idle_seconds": cfg.idle_seconds, "interval_s": cfg.energy_interval_s,
+            "external": list(cfg.external_meter) if cfg.external_meter else None,
+            "power_model": getattr(art, "power_model", None)}
 
 
 def run_agent(transport: Transport, agent: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,10 +16,11 @@ import edgekit
 from edgekit.errors import EdgekitError
 
 TABLE_COLUMNS = [
-    ("recommended", "rec"), ("target", "target"), ("precision", "prec"), ("artifact_bytes", "KiB"),
-    ("parity_ok", "parity"), ("parity_cosine", "cosine"), ("accuracy", "acc %"),
-    ("latency_ms_p50", "p50 ms"), ("latency_ms_p90", "p90 ms"), ("latency_ms_p99", "p99 ms"),
-    ("iterations", "runs"), ("peak_rss_mb", "RSS MiB"), ("energy_mj_per_inference", "mJ/inf"),
+    ("recommended", "rec"), ("target", "target"), ("precision", "prec"), ("threads", "thr"),
+    ("artifact_bytes", "KiB"), ("parity_ok", "parity"), ("parity_cosine", "cosine"), ("accuracy", "acc %"),
+    ("device_accuracy", "dev acc %"), ("latency_ms_p50", "p50 ms"), ("latency_ms_p90", "p90 ms"),
+    ("latency_ms_p99", "p99 ms"), ("iterations", "runs"), ("peak_rss_mb", "RSS MiB"),
+    ("energy_mj_per_inference", "mJ/inf"), ("noisy", "noisy"),
 ]
 
 
@@ -73,9 +75,17 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
 @click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
 @click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
-@click.option("--threads", type=int, help="Threads for each runtime (default: the profile's).")
-@click.option("--min-iterations", type=int, default=50, show_default=True)
-@click.option("--min-seconds", type=float, default=1.0, show_default=True)
+@click.option("--threads", help="Threads for each runtime, or several (1,2,4: a row each). Default: the profile's.")
+@click.option("--min-iterations", type=int, default=50, show_default=True, help="Timed runs at least.")
+@click.option("--min-seconds", "--min-duration", "min_seconds", type=float, default=1.0, show_default=True,
+              help="Timed seconds at least (MLPerf-style minimum duration; minutes are fine).")
+@click.option("--warmup-iterations", type=int, default=10, show_default=True)
+@click.option("--warmup-seconds", type=float, default=0.2, show_default=True)
+@click.option("--idle-seconds", type=float, default=0.5, show_default=True,
+              help="Idle power baseline before each timed window (where a power sensor reads).")
+@click.option("--external-meter", help="Command printing joules or watts per call (e.g. 'meter-read --port /dev/ttyUSB0').")
+@click.option("--no-energy", is_flag=True, help="Do not read energy sensors.")
+@click.option("--profile-ops", is_flag=True, help="Also profile per op (separate pass, after timing).")
 @click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
@@ -83,15 +93,21 @@ def _csv(value: str | None) -> list[str] | None:
 @_trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
 def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
-           calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: int | None,
-           min_iterations: int, min_seconds: float, out_dir: str, jobs: int | None, out_file: str | None,
-           devices_file: str | None, trust_new_host: bool, as_json: bool) -> None:
+           calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: str | None,
+           min_iterations: int, min_seconds: float, warmup_iterations: int, warmup_seconds: float,
+           idle_seconds: float, external_meter: str | None, no_energy: bool, profile_ops: bool, out_dir: str,
+           jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
+           as_json: bool) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
     from edgekit import BenchConfig
 
     console = _stderr()
     try:
-        config = BenchConfig(min_iterations=min_iterations, min_seconds=min_seconds, threads=threads)
+        config = BenchConfig(
+            min_iterations=min_iterations, min_seconds=min_seconds, warmup_iterations=warmup_iterations,
+            warmup_seconds=warmup_seconds, threads=_thread_counts(threads), idle_seconds=idle_seconds,
+            external_meter=shlex.split(external_meter) if external_meter else None, energy=not no_energy,
+            profile_ops=profile_ops)
         with console.status("starting") as status:
             df = edgekit.deploy(
                 model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
@@ -107,8 +123,45 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
         click.echo(json.dumps(_json_rows(df), indent=2))
     else:
         _print_table(df)
+        if profile_ops:
+            _print_ops(df)
         if out_file:
             console.print(f"rows written to {out_file}")
+
+
+def _thread_counts(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: give thread counts like 4 or 1,2,4", param_hint="--threads") from None
+
+
+def _print_ops(df: Any, top: int = 8) -> None:
+    """The slowest ops of each artifact, or why its runtime gave no per-op profile."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgekit.bench.results import op_table
+
+    console, ops = _stdout(), op_table(df)
+    for _, row in df.iterrows():
+        prof = row.get("op_profile")
+        if not isinstance(prof, dict):
+            continue
+        name = f"{row['target']} {row['precision']} ({row['threads']} threads)"
+        if not str(prof.get("status", "")).startswith("measured"):
+            console.print(f"per-op profile of {escape(name)}: {escape(str(prof.get('status')))}")
+            continue
+        sel = ops[(ops["target"] == row["target"]) & (ops["precision"] == row["precision"]) &
+                  (ops["threads"] == row["threads"])].head(top)
+        table = Table(title=f"slowest ops: {name}")
+        for col in ("op", "type", "time_ms", "share"):
+            table.add_column(col)
+        for _, op in sel.iterrows():
+            table.add_row(escape(str(op["op"])), escape(str(op["type"])), f"{op['time_ms']:.4f}", f"{100 * op['share']:.1f} %")
+        console.print(table)
 
 
 def write_parquet(df: Any, path: Path) -> None:
@@ -143,8 +196,12 @@ def _fmt(col: str, v: Any) -> str:
         return f"{v:.0f}"
     if col == "artifact_bytes":
         return f"{v / 1024:.0f}"
-    if col == "accuracy":
+    if col in ("accuracy", "device_accuracy"):
         return f"{100 * v:.1f}"
+    if col == "noisy":
+        return "noisy" if v else ""
+    if col == "threads":
+        return str(int(v))
     if col == "parity_cosine":
         return f"{v:.4f}"
     if isinstance(v, float):
@@ -170,6 +227,9 @@ def _print_table(df: Any) -> None:
     energy = df["energy_status"].dropna().unique()
     if len(energy):
         console.print(f"energy: {escape(str(energy[0]))}")
+    reasons = sorted({r for rs in df["noisy_reasons"].dropna() for r in (rs if isinstance(rs, list) else [rs])})
+    if reasons:
+        console.print(f"[yellow]noisy runs:[/] {escape('; '.join(reasons))}")
     for _, row in df.iterrows():
         if row["error"]:
             console.print(f"[red]{escape(row['target'])} {escape(row['precision'])}:[/] {escape(str(row['error']))}")

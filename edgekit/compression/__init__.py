@@ -119,8 +119,9 @@ def _calibration_samples(spec: ModelSpec, calibration: str | Path | Sequence | N
 
 def top1_accuracy(predict: Callable[[Inputs], list[np.ndarray]], eval_set: EvalSet) -> float:
     """Top-1 over the first output. One definition for PyTorch and every runtime, so their figures compare."""
-    preds = [int(np.argmax(predict(x)[0].reshape(-1))) for x in eval_set.inputs]
-    return float(np.mean(np.asarray(preds) == eval_set.labels.numpy()))
+    from edgekit.agent.measure import top1_accuracy as top1
+
+    return top1(predict, eval_set.inputs, eval_set.labels.numpy())
 
 
 def _reference_accuracy(spec: ModelSpec) -> float | None:

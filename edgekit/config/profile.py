@@ -6,7 +6,7 @@ import platform
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from edgekit.config._catalog import Catalog
 from edgekit.errors import ConfigError
@@ -62,6 +62,19 @@ class HostMatch(_Strict):
         return all(Path(f).exists() for f in self.files) and bool(self.arch or self.files)
 
 
+class PowerModel(_Strict):
+    """Board power when idle and when running inference: gives an energy *estimate* where no sensor reads."""
+
+    idle_w: float = Field(ge=0)
+    active_w: float = Field(gt=0)
+
+    @model_validator(mode="after")
+    def _active_above_idle(self) -> "PowerModel":
+        if self.active_w < self.idle_w:
+            raise ValueError(f"active_w {self.active_w} is below idle_w {self.idle_w}")
+        return self
+
+
 class Profile(_Strict):
     """A hardware profile, from ``profiles/NAME.yaml``."""
 
@@ -79,6 +92,7 @@ class Profile(_Strict):
     quantization: QuantizationScheme = QuantizationScheme()
     pruning: PruningScheme = PruningScheme()
     match: HostMatch = HostMatch()
+    power_model: PowerModel | None = Field(default=None, description="estimate energy where no sensor reads")
     source: str | None = Field(default=None, exclude=True)
 
     @field_validator("targets", "precisions")

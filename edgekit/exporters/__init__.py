@@ -60,6 +60,7 @@ def export(
     wanted = list(precisions or prof.precisions)
     out = Path(out_dir)
     inputs = write_example_inputs(compressed, out)
+    eval_set = write_eval_set(compressed, out)
     usable = {t.name: [p for p in wanted if p in t.precisions] for t in resolved}
     tasks = [(t, p) for t in resolved for p in usable[t.name]]
     done = _export_all(compressed, tasks, out, check=check, jobs=jobs, on_event=on_event)
@@ -72,6 +73,7 @@ def export(
         for precision in usable[target.name]:
             art = done[(target.name, precision)]
             art.inputs = inputs
+            art.eval_set = eval_set
             artifacts.append(art)
     return artifacts
 
@@ -107,9 +109,28 @@ def write_example_inputs(cm: CompressedModel, out_dir: Path) -> Path:
     return path
 
 
+EVAL_SET_MAX_BYTES = 64 * 1024 * 1024  # pushed to every device: a prefix of a large eval set, counted
+
+
+def write_eval_set(cm: CompressedModel, out_dir: Path) -> Path | None:
+    """The held-out set the device's own runtime scores: ``input_0``.. (N, *sample shape) + ``labels`` (N,)."""
+    import numpy as np
+
+    ev = cm.spec.eval_set
+    if ev is None or len(ev) == 0:
+        return None
+    per_sample = sum(t.numel() * t.element_size() for t in ev.inputs[0])
+    n = max(1, min(len(ev), EVAL_SET_MAX_BYTES // max(per_sample, 1)))
+    arrays = {f"input_{k}": np.stack([s[k].detach().numpy() for s in ev.inputs[:n]]) for k in range(len(ev.inputs[0]))}
+    path = out_dir / _safe(cm.name) / _safe(cm.profile.name) / "eval.npz"
+    np.savez(path, labels=ev.labels.numpy()[:n], **arrays)
+    return path
+
+
 def _artifact(cm: CompressedModel, target: Target, precision: str, **kw: object) -> Artifact:
+    power = cm.profile.power_model.model_dump() if cm.profile.power_model else None
     return Artifact(model=cm.name, profile=cm.profile.name, target=target.name, format=target.format,
-                    precision=precision, threads=cm.profile.threads,
+                    precision=precision, threads=cm.profile.threads, power_model=power,
                     reference_accuracy=cm.reference_accuracy, **kw)  # type: ignore[arg-type]
 
 

@@ -40,6 +40,8 @@ class Artifact:
     path: Path | None = None
     files: list[Path] = field(default_factory=list)
     inputs: Path | None = None
+    eval_set: Path | None = None  # eval.npz: held-out inputs + labels, scored on the device
+    power_model: dict[str, float] | None = None  # the profile's, for an energy estimate without a sensor
     bytes: int | None = None
     parity: ParityResult | None = None
     accuracy: float | None = None

@@ -74,8 +74,12 @@ def test_pi_like_device_runs_tflite_with_numpy_1_and_reports_the_rest_missing(
             assert err.startswith("runtime missing on device 'pi-like'")
             assert pd.isna(rows[(target, prec)]["latency_ms_p50"])
     assert df.iloc[0]["target"] == "tflite" and df.iloc[0]["recommended"]
-    # Artifacts for missing runtimes are never sent: only the agent, the inputs and the two tflite files.
-    assert len(_store_groups(dev)) == 4
+    # Accuracy computed on the device by tflite-runtime, on the eval set pushed with the artifact.
+    for prec in ("fp32", "int8"):
+        row = rows[("tflite", prec)]
+        assert row["device_eval_samples"] == 360 and row["device_accuracy"] == pytest.approx(row["accuracy"])
+    # Artifacts for missing runtimes are never sent: only the agent, the inputs, the eval set and two tflite files.
+    assert len(_store_groups(dev)) == 5
 
 
 def test_onnx_only_device(sshd_device_factory, isolated_ssh_env, devices_yaml, pi4_artifacts) -> None:
@@ -101,7 +105,7 @@ def test_deploy_over_ssh_from_the_cli_matches_local_rows(sshd_device_factory, is
     assert {r["runtime"] for r in rows} == {"executorch", "onnxruntime", "ai-edge-litert"}
     assert sum(r["recommended"] for r in rows) == 1
     # Each artifact ran from the device's content-addressed store, not from the host's folder.
-    assert len(_store_groups(dev)) == 1 + 1 + 6
+    assert len(_store_groups(dev)) == 1 + 2 + 6  # agent, inputs + eval set, artifacts
 
 
 def test_python_api_deploy_on_a_pi_like_device(sshd_device_factory, isolated_ssh_env, devices_yaml,
@@ -213,7 +217,7 @@ def test_names_and_paths_with_shell_characters_stay_words(sshd_device_factory, i
     df = edgekit.benchmark(tfl, name, QUICK, devices_file=devices_yaml(entry))
     assert df["error"].isna().all(), df["error"].tolist()
     assert df.iloc[0]["device"] == name and not marker.exists()
-    assert len(list((workdir / "store").iterdir())) == 3  # agent, inputs, artifact: all inside the odd workdir
+    assert len(list((workdir / "store").iterdir())) == 4  # agent, inputs, eval set, artifact: all in that workdir
 
 
 # ---- faults -----------------------------------------------------------------------------------------
