@@ -417,12 +417,25 @@ def main(argv: Optional[list[str]] = None) -> int:
     return code
 
 
+def _add_process_peak(response: dict[str, Any]) -> None:
+    """The whole process's peak, reporting included (what ``/usr/bin/time -v`` sees), beside the model's."""
+    memory = response.get("memory")
+    if not isinstance(memory, dict):
+        return
+    from .measure import read_vmhwm_mib
+
+    peaks = [v for v in (read_vmhwm_mib(), memory.get("peak_rss_mb_after_load"), memory.get("peak_rss_mb"))
+             if v is not None]
+    memory["peak_rss_mb_process"] = max(peaks) if peaks else None
+
+
 def _respond(argv: Optional[list[str]]) -> tuple[dict[str, Any], int]:
     try:
         args = parse_args(argv)
         log.setLevel(logging.INFO if args.verbose else logging.WARNING)
         response = info() if args.command == "info" else run(read_request(args.request))
         json.dumps(response, allow_nan=False)  # fail here, inside the error handling, not after it
+        _add_process_peak(response)
         return response, EXIT_OK
     except AgentError as exc:
         return exc.response(), exc.exit_code
