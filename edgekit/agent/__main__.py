@@ -24,7 +24,6 @@ import math
 import os
 import platform
 import sys
-import time
 import traceback
 from typing import Any, Iterator, Optional, TextIO
 

@@ -224,7 +224,7 @@ class SshTransport(Transport):
         except (OSError, EOFError) as exc:  # paramiko raises socket errors and EOFError on a dead link
             raise DeviceError(f"connection lost while running {argv[0]}: {type(exc).__name__}: {exc}",
                               device=self.device_name) from exc
-        pid, err = _split_pid(err)
+        _, err = _split_pid(err)
         if code == -1 and not err.strip() and not out:
             err = "no exit status: the command was killed by a signal or the connection dropped"
         return CommandResult(argv, code, out, err, time.perf_counter() - start)

@@ -8,7 +8,6 @@ kernel's, and every vcgencmd is a FAKE shell script.
 
 from __future__ import annotations
 
-import ast
 import os
 import stat
 from pathlib import Path

@@ -9,10 +9,8 @@ itself reports.
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional

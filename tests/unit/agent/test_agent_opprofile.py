@@ -10,7 +10,6 @@ The parser tests at the end feed FAKE events, built by hand in the runtimes' for
 
 from __future__ import annotations
 
-import ast
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
