@@ -8,10 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgekit.testing._envs import DEVICE_ENVS, device_python
+from edgekit.testing._envs import DEVICE_ENVS, EnvUnavailable, device_python
 from edgekit.testing._sshd import TestDevice, start_sshd
 
-__all__ = ["DEVICE_ENVS", "TestDevice", "device_python", "start_sshd", "write_devices_file"]
+__all__ = ["DEVICE_ENVS", "EnvUnavailable", "TestDevice", "device_python", "start_sshd", "write_devices_file"]
 
 
 def write_devices_file(path: Path, devices: list[TestDevice | dict[str, Any]]) -> Path:

@@ -21,7 +21,14 @@ DEVICE_ENVS: dict[str, list[str]] = {
     "onnx-only": ["onnxruntime==1.32.0", "numpy==2.4.6"],
     "bare": [],  # a python with no numpy and no runtime at all
 }
-HOST = "host"  # the current interpreter (the host venv: executorch, onnxruntime, ai-edge-litert)
+# Envs that need a particular Python: Raspberry Pi OS bullseye ships 3.9, the oldest the agent supports.
+ENV_PYTHON: dict[str, str] = {"pi-bullseye": "3.9"}
+DEVICE_ENVS["pi-bullseye"] = ["tflite-runtime==2.14.0", "numpy<2"]
+HOST = "host"
+
+
+class EnvUnavailable(RuntimeError):
+    """This machine cannot build the env (its Python version is not installed)."""  # the current interpreter (the host venv: executorch, onnxruntime, ai-edge-litert)
 
 # Import names checked after install; bare must NOT have numpy.
 _IMPORTS = {"tflite-runtime": "tflite_runtime.interpreter", "onnxruntime": "onnxruntime", "numpy": "numpy"}
@@ -38,9 +45,12 @@ def device_python(name: str, cache: Path | None = None) -> str:
         from edgekit._paths import cache_dir
 
         cache = cache_dir()
-    base = _base_python()
+    base = _base_python() if name not in ENV_PYTHON else find_python(ENV_PYTHON[name])
+    if base is None:
+        raise EnvUnavailable(f"device env {name!r} needs Python {ENV_PYTHON[name]}, which is not installed here "
+                             f"(apt-get install python{ENV_PYTHON[name]}, or pyenv install {ENV_PYTHON[name]})")
     reqs = DEVICE_ENVS[name]
-    recipe = {"name": name, "requirements": reqs, "python": base, "version": platform.python_version(),
+    recipe = {"name": name, "requirements": reqs, "python": base, "version": _version(base),
               "machine": platform.machine()}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     envs = Path(cache) / "device-envs"
@@ -64,6 +74,28 @@ def device_python(name: str, cache: Path | None = None) -> str:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return str(python)
+
+
+def find_python(version: str) -> str | None:
+    """An interpreter of ``version`` (e.g. "3.9"): on PATH, else a pyenv install; verified by running it."""
+    name = f"python{version}"
+    roots = [os.environ.get("PYENV_ROOT", ""), str(Path.home() / ".pyenv"), "/root/.pyenv", "/opt/pyenv"]
+    candidates = [shutil.which(name) or ""]
+    candidates += [str(p) for r in roots if r for p in sorted(Path(r).glob(f"versions/{version}.*/bin/{name}"))]
+    candidates += [f"/usr/bin/{name}", f"/usr/local/bin/{name}"]
+    for cand in candidates:
+        if cand and Path(cand).exists() and _version(cand).startswith(version + "."):
+            return cand
+    return None
+
+
+def _version(python: str) -> str:
+    try:
+        out = subprocess.run([python, "-c", "import platform; print(platform.python_version())"],
+                             capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return out.stdout.strip() if out.returncode == 0 else ""
 
 
 def _base_python() -> str:

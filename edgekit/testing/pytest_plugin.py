@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edgekit.testing._envs import device_python
+from edgekit.testing._envs import EnvUnavailable, device_python
 from edgekit.testing._sshd import SSHD, TestDevice, start_sshd
 
 SSHD_MISSING = "sshd not installed: apt-get install -y openssh-server (.ci/run does this)"
@@ -26,7 +26,11 @@ def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory
 
     def make(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
         """Start device ``name`` whose python is device env ``env`` (``python=`` in kw overrides it)."""
-        kw.setdefault("python", device_python(env))
+        if "python" not in kw:
+            try:
+                kw["python"] = device_python(env)
+            except EnvUnavailable as exc:
+                pytest.skip(str(exc))
         dev = start_sshd(tmp_path_factory.mktemp(f"sshd-{name}"), name=name, **kw)
         started.append(dev)
         return dev

@@ -82,6 +82,17 @@ def test_pi_like_device_runs_tflite_with_numpy_1_and_reports_the_rest_missing(
     assert len(_store_groups(dev)) == 5
 
 
+def test_the_agent_runs_on_python_3_9_as_on_raspberry_pi_os_bullseye(
+        sshd_device_factory, isolated_ssh_env, devices_yaml, pi4_artifacts) -> None:
+    """The oldest Python the agent supports, for real (not only parsed): 3.9 + tflite-runtime + numpy 1.x."""
+    dev = sshd_device_factory("bullseye", env="pi-bullseye", profile="pi4")
+    tfl = [a for a in pi4_artifacts if a.target == "tflite"]
+    df = edgekit.benchmark(tfl, "bullseye", QUICK, devices_file=devices_yaml(dev))
+    assert df["error"].isna().all(), df["error"].tolist()
+    assert set(df["python_version"].str[:4]) == {"3.9."} and set(df["runtime"]) == {"tflite-runtime"}
+    assert (df["device_accuracy"] == df["accuracy"]).all() and df["peak_rss_mb_steady"].notna().all()
+
+
 def test_onnx_only_device(sshd_device_factory, isolated_ssh_env, devices_yaml, pi4_artifacts) -> None:
     dev = sshd_device_factory("onnx-box", env="onnx-only", profile="pi4")
     df = edgekit.benchmark(pi4_artifacts, "onnx-box", QUICK, devices_file=devices_yaml(dev))

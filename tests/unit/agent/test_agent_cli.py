@@ -307,7 +307,8 @@ def test_agent_sources_parse_as_python_3_9_and_import_no_edgekit(module: str) ->
 
 
 @pytest.mark.skipif(not os.environ.get("EDGEKIT_AGENT_OLD_PYTHON"),
-                    reason="set EDGEKIT_AGENT_OLD_PYTHON to a Python 3.9 with numpy + onnxruntime")
+                    reason="set EDGEKIT_AGENT_OLD_PYTHON to a Python 3.9 with numpy + onnxruntime (the ssh tests run "
+                           "the agent on Python 3.9 with tflite-runtime anyway)")
 def test_zipapp_on_an_old_python(work: Path, tmp_path: Path) -> None:
     req = request(work)
     argv = [os.environ["EDGEKIT_AGENT_OLD_PYTHON"], "-I", str(pyz(work))]
