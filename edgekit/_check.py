@@ -52,7 +52,9 @@ def check_device(
 
 
 def _judge(check: DeviceCheck, prof: Profile) -> None:
-    from edgekit.agent.device_info import RUNTIME_CANDIDATES
+    import shlex
+
+    from edgekit.agent.device_info import runtime_names
     from edgekit.config.target import load_target
 
     info, arch = check.info, check.info.get("machine", "?")
@@ -64,9 +66,9 @@ def _judge(check: DeviceCheck, prof: Profile) -> None:
         if runtime.get("package"):
             check.runnable_targets.append(name)
             continue
-        wanted = " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[target.format])
+        wanted = runtime_names(target.format)
         packages = target.runtime_packages.get(arch)
-        fix = f"pip install {' '.join(repr(p) if '<' in p else p for p in packages)}" if packages else f"install {wanted}"
+        fix = f"pip install {' '.join(shlex.quote(p) for p in packages)}" if packages else f"install {wanted}"
         check.missing.append(f"target {name}: {wanted} does not import ({runtime.get('error') or 'not installed'}); "
                              f"on the device: {fix}")
     if prof.arch.lower() != str(arch).lower():

@@ -22,6 +22,11 @@ RUNTIME_CANDIDATES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
 }
 
 
+def runtime_names(fmt: str) -> str:
+    """The packages that can run ``fmt``, as a user reads them: "ai-edge-litert or tflite-runtime"."""
+    return " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[fmt])
+
+
 def probe_runtimes() -> dict[str, dict[str, Optional[str]]]:
     """format -> {"package", "version"} when one imports, else {"package": None, "error": why not}."""
     out: dict[str, dict[str, Optional[str]]] = {}

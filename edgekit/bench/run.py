@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from edgekit._paths import cache_dir
+from edgekit.agent.device_info import runtime_names
 from edgekit.bench.config import BenchConfig
 from edgekit.bench.results import artifact_row, measurement_fields, to_frame
 from edgekit.config.device import LocalDevice, SshDevice, get_device
@@ -67,7 +68,7 @@ def _missing_runtime(art: Any, runtimes: dict[str, Any] | None, transport: Trans
         return None
     why = runtimes.get(art.format, {}).get("error") or "not importable"
     return (f"runtime missing on device {transport.device_name!r}: {art.format} artifacts need "
-            f"{_runtime_names(art.format)} for {transport.python} ({why})")
+            f"{runtime_names(art.format)} for {transport.python} ({why})")
 
 
 def install_agent(transport: Transport) -> str:
@@ -91,12 +92,6 @@ def describe_device(transport: Transport, agent: str) -> dict[str, Any]:
         raise AgentError(f"device {transport.device_name!r}: the agent could not describe the device",
                          command=argv, exit_code=res.exit_code, stdout=res.stdout, stderr=res.stderr)
     return answer
-
-
-def _runtime_names(fmt: str) -> str:
-    from edgekit.agent.device_info import RUNTIME_CANDIDATES
-
-    return " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[fmt])
 
 
 def _measure(art: Any, transport: Transport, agent: str, cfg: BenchConfig, remote: bool,

@@ -31,6 +31,8 @@ class LocalDevice(_DeviceBase):
 
 
 _SECRET_FIELDS = ("password", "passphrase", "key_passphrase", "private_key")
+_SECRETS_HINT = ("secrets do not belong in devices.yaml; remove it and use identity_file with a key loaded into "
+                 "ssh-agent (ssh-add KEY), or a key without a passphrase")
 
 
 class SshDevice(_DeviceBase):
@@ -53,9 +55,7 @@ class SshDevice(_DeviceBase):
         if isinstance(data, dict):
             for key in _SECRET_FIELDS:
                 if key in data:
-                    raise ValueError(
-                        f"field {key!r}: secrets do not belong in devices.yaml; use identity_file with a key "
-                        "loaded into ssh-agent (ssh-add KEY), or a key without a passphrase")
+                    raise ValueError(f"field {key!r}: {_SECRETS_HINT}")
         return data
 
 
@@ -87,13 +87,12 @@ def load_devices(path: Path | str | None = None) -> dict[str, LocalDevice | SshD
         return devices
     if not isinstance(data, dict):
         raise ConfigError("expected a mapping with a 'devices:' list", source=str(file))
-    for i, entry in enumerate(data.get("devices") or []):
+    entries = data.get("devices")
+    for i, entry in enumerate(entries if isinstance(entries, list) else []):
         for key in _SECRET_FIELDS:
             if isinstance(entry, dict) and key in entry:
-                raise ConfigError(
-                    "secrets do not belong in devices.yaml; remove it and use identity_file with a key loaded "
-                    "into ssh-agent (ssh-add KEY), or a key without a passphrase",
-                    source=f"{file}:{lines.get(('devices', i, key), '?')}", field=f"devices.{i}.{key}")
+                raise ConfigError(_SECRETS_HINT, source=f"{file}:{lines.get(('devices', i, key), '?')}",
+                                  field=f"devices.{i}.{key}")
     parsed = validate(DeviceFile, data, path=file, lines=lines)
     seen: set[str] = set()
     for i, dev in enumerate(parsed.devices):
