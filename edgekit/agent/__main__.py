@@ -174,7 +174,7 @@ def _check_optional(request: dict[str, Any]) -> None:
         from .meters import check_config
 
         try:
-            check_config({k: v for k, v in energy.items() if v is not None})
+            check_config(_meter_config(energy, "/", "vcgencmd"))
         except ValueError as exc:
             raise bad_request(f"request field 'energy': {exc}") from exc
     if sensors is not None:

@@ -10,6 +10,10 @@ import pandas as pd
 # Accuracy is a fraction; "one point" is 0.01.
 ACCURACY_BUDGET = 0.01
 
+CONDITION_COLUMNS = ("noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after",
+                     "cpu_freq_mhz_min_after", "temp_c_before", "temp_c_after", "throttled", "throttled_flags",
+                     "load_avg_1m_before", "other_cpu_cores")
+
 COLUMNS = [
     "recommended", "device", "profile", "model", "target", "precision", "threads", "artifact_bytes",
     "parity_max_abs_err", "parity_cosine", "parity_top1_agreement", "parity_ok", "parity_failures",
@@ -20,8 +24,7 @@ COLUMNS = [
     "peak_rss_mb_after_load", "peak_rss_mb_steady", "peak_rss_mb", "peak_rss_mb_process", "memory_method",
     "energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj", "energy_idle_power_mw",
     "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
-    "noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after", "cpu_freq_mhz_min_after",
-    "temp_c_before", "temp_c_after", "throttled", "throttled_flags", "load_avg_1m_before", "other_cpu_cores",
+    *CONDITION_COLUMNS,
     "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
     "latency_ms_samples", "op_profile",
 ]
@@ -73,9 +76,6 @@ def measurement_fields(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-CONDITION_COLUMNS = ("noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after",
-                     "cpu_freq_mhz_min_after", "temp_c_before", "temp_c_after", "throttled", "throttled_flags",
-                     "load_avg_1m_before", "other_cpu_cores")
 
 
 def op_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -118,7 +118,7 @@ def _energy_request(cfg: BenchConfig, art: Any) -> dict[str, Any] | None:
         return None
     return {"idle_seconds": cfg.idle_seconds, "interval_s": cfg.energy_interval_s,
             "external": list(cfg.external_meter) if cfg.external_meter else None,
-            "power_model": getattr(art, "power_model", None)}
+            "power_model": art.power_model}
 
 
 def run_agent(transport: Transport, agent: str, request: dict[str, Any], timeout: float) -> dict[str, Any]:

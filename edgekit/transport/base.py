@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,8 +25,6 @@ class PushStats:
     bytes_sent: int = 0
     files_sent: int = 0
     files_skipped: int = 0
-    seconds: float = 0.0
-    groups: list[str] = field(default_factory=list)
 
 
 class Transport(ABC):

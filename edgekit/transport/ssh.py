@@ -280,7 +280,6 @@ class SshTransport(Transport):
 
     def stage(self, files: Sequence[Path]) -> list[str]:
         """Push ``files`` as one content-addressed folder (skipped when the device already has it)."""
-        start = time.perf_counter()
         files = [Path(f) for f in files]
         digests = {f.name: file_sha256(f) for f in files}
         if len(digests) != len(files):
@@ -294,8 +293,6 @@ class SshTransport(Transport):
             self.stats.files_skipped += len(files)
         else:
             self._upload_group(files, digests, store, final)
-        self.stats.groups.append(group)
-        self.stats.seconds += time.perf_counter() - start
         return remote
 
     def _upload_group(self, files: list[Path], digests: dict[str, str], store: str, final: str) -> None:

@@ -23,11 +23,8 @@ QUICK: dict[str, Any] = {"warmup_iterations": 2, "warmup_seconds": 0.0, "min_ite
 
 
 @pytest.fixture(scope="module")
-def x86_artifacts(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
-    cm = edgekit.compress("digits-cnn", "x86")
-    arts = edgekit.export(cm, out_dir=tmp_path_factory.mktemp("x86"))
-    assert all(a.ok for a in arts), [a.error for a in arts]
-    return arts
+def x86_artifacts(digits_artifacts: Any) -> list[Any]:
+    return digits_artifacts("x86")
 
 
 def _pick(arts: list[Any], target: str, precision: str) -> Any:

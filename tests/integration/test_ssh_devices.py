@@ -31,12 +31,9 @@ EDGEKIT = [str(Path(os.sys.executable).with_name("edgekit"))]
 
 
 @pytest.fixture(scope="module")
-def pi4_artifacts(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
-    """digits-cnn for the pi4 profile, all three targets x fp32/int8, exported and parity-checked once."""
-    cm = edgekit.compress("digits-cnn", "pi4")
-    arts = edgekit.export(cm, out_dir=tmp_path_factory.mktemp("pi4-artifacts"))
-    assert all(a.ok for a in arts), [a.error for a in arts]
-    return arts
+def pi4_artifacts(digits_artifacts: Any) -> list[Any]:
+    """digits-cnn for the pi4 profile, all three targets x fp32/int8."""
+    return digits_artifacts("pi4")
 
 
 @pytest.fixture
