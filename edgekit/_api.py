@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 
     from edgekit.bench.config import BenchConfig
     from edgekit.compression import CompressedModel
+    from edgekit.config.recipe import Recipe
     from edgekit.config.target import Target
     from edgekit.exporters import Artifact
 
@@ -26,12 +27,21 @@ def compress(
     example_inputs: "torch.Tensor | Sequence[torch.Tensor] | None" = None,
     input_shape: str | None = None,
     allow_pickle: bool = False,
+    recipe: "str | Path | Recipe | None" = None,
+    train_data: Any = None,
+    val_data: Any = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> "CompressedModel":
-    """Prepare ``model`` for ``profile`` (default: this host's). See :func:`edgekit.compression.compress`."""
+    """Prepare ``model`` for ``profile`` (default: this host's), compressed by ``recipe`` if given.
+
+    ``train_data``: re-iterable ``(inputs, labels)`` batches (a DataLoader) for the recipe's training steps;
+    built-in models bring their own. See :func:`edgekit.compression.compress`.
+    """
     from edgekit.compression import compress as _compress
 
     return _compress(model, profile, calibration, example_inputs=example_inputs, input_shape=input_shape,
-                     allow_pickle=allow_pickle)
+                     allow_pickle=allow_pickle, recipe=recipe, train_data=train_data, val_data=val_data,
+                     on_event=on_event)
 
 
 def export(
@@ -65,6 +75,78 @@ def benchmark(
     from edgekit.bench.run import benchmark as _benchmark
 
     return _benchmark(artifacts, device, config, devices_file=devices_file, on_event=on_event)
+
+
+def benchmark_steps(
+    compressed: "CompressedModel",
+    device: str | LocalDevice | SshDevice = "local",
+    *,
+    target: "str | Target | None" = None,
+    precision: str | None = None,
+    out_dir: str | Path = "artifacts",
+    config: "BenchConfig | None" = None,
+    devices_file: str | Path | None = None,
+    on_event: Callable[[str], None] | None = None,
+) -> "pd.DataFrame":
+    """Export the model after each recipe step to one target and measure all of them on ``device``.
+
+    The rows are the results table's (latency, size, accuracy on the device...) plus the step's columns
+    (``step``, ``method``, ``label``, ``status``, ``params``, ``nonzero_params``, ``macs``): what each step
+    bought, measured side by side in one run. Default target: the profile's first; precision: int8 when the
+    profile has it.
+    """
+    from edgekit.compression.recipe import step_models
+
+    prof = compressed.profile
+    tgt = target or prof.targets[0]
+    prec = precision or ("int8" if "int8" in prof.precisions else prof.precisions[0])
+    variants = step_models(compressed)
+    artifacts = []
+    for record, variant in variants:
+        if on_event:
+            on_event(f"exporting step {record.step} ({record.label}) to {tgt} {prec}")
+        artifacts += export(variant, [tgt], out_dir, precisions=[prec], jobs=1)
+    df = benchmark(artifacts, device, config, devices_file=devices_file, on_event=on_event)
+    return _join_steps(df, variants)
+
+
+def layer_sensitivity(compressed: "CompressedModel", *, metric: str = "sqnr") -> "pd.DataFrame":
+    """Per layer, how much int8 hurts when only that layer is quantized (SQNR of the output, or accuracy
+    drop): the report behind mixed precision, most sensitive first."""
+    from edgekit.compression.sensitivity import layer_sensitivity as _sensitivity
+
+    return _sensitivity(compressed, metric=metric)
+
+
+def save_model(compressed: "CompressedModel", path: str | Path) -> Path:
+    """Write the compressed fp32 model as a torch.export ``.pt2`` (with its example inputs), so it can be
+    deployed later with ``--model FILE.pt2``. Mixed-precision layers and QAT are export-time plans, not
+    weights: ``deploy --recipe`` carries them, a ``.pt2`` does not."""
+    import torch
+
+    from edgekit.errors import CompressError
+
+    out = Path(path)
+    if out.suffix != ".pt2":
+        raise CompressError(f"{out}: the compressed model is saved as a torch.export program; name it *.pt2")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    program = torch.export.export(compressed.spec.module.eval(), compressed.spec.example_inputs)
+    tmp = out.with_name(f".{out.name}.tmp")
+    torch.export.save(program, str(tmp))
+    tmp.replace(out)
+    return out
+
+
+def _join_steps(df: "pd.DataFrame", variants: list) -> "pd.DataFrame":
+    import pandas as pd
+
+    steps = pd.DataFrame([{**{k: v for k, v in r.row().items() if k in _STEP_COLUMNS}, "model": m.name,
+                           "recipe_accuracy": r.accuracy} for r, m in variants])
+    merged = steps.merge(df, on="model", how="left")
+    return merged.sort_values("step", kind="stable").reset_index(drop=True)
+
+
+_STEP_COLUMNS = ("step", "method", "label", "status", "params", "nonzero_params", "macs", "evaluated_as")
 
 
 def op_table(df: "pd.DataFrame") -> "pd.DataFrame":
@@ -101,6 +183,8 @@ def deploy(
     example_inputs: "torch.Tensor | Sequence[torch.Tensor] | None" = None,
     input_shape: str | None = None,
     allow_pickle: bool = False,
+    recipe: "str | Path | Recipe | None" = None,
+    train_data: Any = None,
     out_dir: str | Path = "artifacts",
     jobs: int | None = None,
     config: "BenchConfig | None" = None,
@@ -108,7 +192,8 @@ def deploy(
     trust_new_host: bool = False,
     on_event: Callable[[str], None] | None = None,
 ) -> "pd.DataFrame":
-    """Compress for the device's profile, export its targets, check parity, push, benchmark on the device."""
+    """Compress for the device's profile (by ``recipe`` if given), export its targets, check parity, push,
+    benchmark on the device."""
     dev = with_trust(get_device(device, devices_file), trust_new_host)
     prof = device_profile(dev, profile)
     from edgekit.transport import open_transport
@@ -117,6 +202,6 @@ def deploy(
     if on_event:
         on_event(f"compressing {model if isinstance(model, (str, Path)) else type(model).__name__} for {prof.name}")
     cm = compress(model, prof, calibration, example_inputs=example_inputs, input_shape=input_shape,
-                  allow_pickle=allow_pickle)
+                  allow_pickle=allow_pickle, recipe=recipe, train_data=train_data, on_event=on_event)
     artifacts = export(cm, targets, out_dir, precisions=precisions, jobs=jobs, on_event=on_event)
     return benchmark(artifacts, dev, config, on_event=on_event)

@@ -71,6 +71,11 @@ def _judge(check: DeviceCheck, prof: Profile) -> None:
         fix = f"pip install {' '.join(shlex.quote(p) for p in packages)}" if packages else f"install {wanted}"
         check.missing.append(f"target {name}: {wanted} does not import ({runtime.get('error') or 'not installed'}); "
                              f"on the device: {fix}")
+    emulation = info.get("emulation") or {}
+    if info.get("emulated"):
+        check.warnings.append(f"the CPU is emulated ({'; '.join(emulation.get('evidence') or ['qemu-user'])}): "
+                              f"runtimes and results are {arch}'s, but latency, memory and energy figures are "
+                              "meaningless as measurements of the real hardware")
     if prof.arch.lower() != str(arch).lower():
         check.warnings.append(f"profile {prof.name!r} is for {prof.arch} but the device is {arch}: its quantization "
                               "and threading choices may not fit; pick another profile for this device")

@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import re
 import sys
+import threading
 from typing import Any, Optional
 
 # format -> alternatives, each (distribution, modules to import); the first that imports is reported.
@@ -71,15 +73,7 @@ def numpy_version() -> Optional[str]:
 
 def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> Optional[str]:
     """x86 says ``model name``; ARM boards say ``Model`` (Raspberry Pi) or only ``Hardware``/``CPU part``."""
-    fields: dict[str, str] = {}
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            for line in f:
-                key, sep, value = line.partition(":")
-                if sep and key.strip() not in fields:
-                    fields[key.strip()] = value.strip()
-    except OSError:
-        return platform.processor() or None
+    fields = _cpuinfo_fields(cpuinfo)
     for key in ("model name", "Model", "Hardware", "cpu model", "Processor"):
         if fields.get(key):
             return fields[key]
@@ -108,6 +102,65 @@ def os_name(os_release: str = "/etc/os-release") -> str:
     return f"{platform.system()} {platform.release()}"
 
 
+_ARM = ("aarch64", "arm64", "armv7l", "armv6l", "armv8l", "arm")
+_X86 = ("x86_64", "amd64", "i386", "i686")
+
+
+def cpu_emulation(
+    machine: Optional[str] = None,
+    cpuinfo: str = "/proc/cpuinfo",
+    thread_exe: Optional[str] = None,
+) -> dict[str, Any]:
+    """Is this CPU emulated by user-mode qemu (an arm64 Debian root run on an x86 host via binfmt_misc)?
+
+    qemu-user answers the uname syscall and ``/proc/self/exe`` as the guest would, but not the per-thread
+    ``/proc/thread-self/exe``, which the kernel resolves to the real executable: qemu itself. The second tell:
+    ``/proc/cpuinfo`` is the host kernel's, so an aarch64 process reads x86 fields (``vendor_id``, ``flags``)
+    there instead of ARM ones (``CPU implementer``, ``Features``). Either one marks the device emulated.
+    Returns {"emulated": bool, "emulator": path or None, "evidence": [why]}.
+    """
+    machine = (machine or platform.machine()).lower()
+    evidence = []
+    emulator = None
+    exe = _thread_exe(thread_exe)
+    if exe and re.match(r"qemu-|.*-binfmt", os.path.basename(exe)):
+        emulator = exe
+        evidence.append(f"the kernel runs this process as {exe} (/proc/thread-self/exe)")
+    fields = _cpuinfo_fields(cpuinfo)
+    x86_fields = "vendor_id" in fields or "flags" in fields
+    arm_fields = "CPU implementer" in fields or "Features" in fields
+    if machine in _ARM and x86_fields and not arm_fields:
+        evidence.append(f"{machine} process but /proc/cpuinfo is an x86 CPU's ({fields.get('vendor_id', '?')}, "
+                        f"{fields.get('model name', '?')})")
+    elif machine in _X86 and arm_fields and not x86_fields:
+        evidence.append(f"{machine} process but /proc/cpuinfo is an ARM CPU's")
+    return {"emulated": bool(evidence), "emulator": emulator, "evidence": evidence}
+
+
+def _thread_exe(path: Optional[str]) -> Optional[str]:
+    candidates = [path] if path else ["/proc/thread-self/exe", f"/proc/self/task/{threading.get_native_id()}/exe"]
+    for cand in candidates:
+        try:
+            return os.readlink(cand)
+        except OSError:
+            continue
+    return None
+
+
+def _cpuinfo_fields(cpuinfo: str) -> dict[str, str]:
+    """The first value of each field of /proc/cpuinfo (the first processor's)."""
+    fields: dict[str, str] = {}
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition(":")
+                if sep and key.strip() not in fields:
+                    fields[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return fields
+
+
 def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
     from .meters import describe_sources
 
@@ -115,8 +168,11 @@ def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
 
 
 def device_info() -> dict[str, Any]:
+    emulation = cpu_emulation()
     return {
         "machine": platform.machine(),
+        "emulated": emulation["emulated"],  # latency measured here is not the real CPU's
+        "emulation": emulation,
         "cpu_model": cpu_model(),
         "cores": os.cpu_count(),
         "mem_total_mib": mem_total_mib(),

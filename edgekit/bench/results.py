@@ -24,7 +24,7 @@ COLUMNS = [
     "peak_rss_mb_after_load", "peak_rss_mb_steady", "peak_rss_mb", "peak_rss_mb_process", "memory_method",
     "energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj", "energy_idle_power_mw",
     "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
-    *CONDITION_COLUMNS,
+    *CONDITION_COLUMNS, "emulated",
     "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
     "latency_ms_samples", "op_profile",
 ]
@@ -76,6 +76,28 @@ def measurement_fields(result: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+
+EMULATED_NOTE = "emulated CPU (qemu-user): latency is not the real hardware's, meaningless as a timing"
+
+
+_ENERGY_FIGURES = ("energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj",
+                   "energy_idle_power_mw", "energy_active_power_mw", "energy_window_s")
+
+
+def mark_emulated(row: dict[str, Any], emulated: bool) -> dict[str, Any]:
+    """Flag a row from an emulated device: ``emulated`` is True and a measured row is ``noisy`` saying why.
+
+    Its energy figures are dropped: a sensor (or the profile's power model) times an emulated duration is not
+    the real hardware's energy either.
+    """
+    row["emulated"] = bool(emulated)
+    if emulated and row.get("latency_ms_p50") is not None:
+        row["noisy"] = True
+        row["noisy_reasons"] = [*(row.get("noisy_reasons") or []), EMULATED_NOTE]
+        row.update(dict.fromkeys(_ENERGY_FIGURES))
+        row["energy_status"] = f"unavailable: {EMULATED_NOTE}"
+        row["energy_source"] = None
+    return row
 
 
 def op_table(df: pd.DataFrame) -> pd.DataFrame:

@@ -15,7 +15,7 @@ import pandas as pd
 from edgekit._paths import cache_dir
 from edgekit.agent.device_info import runtime_names
 from edgekit.bench.config import BenchConfig
-from edgekit.bench.results import artifact_row, measurement_fields, to_frame
+from edgekit.bench.results import artifact_row, mark_emulated, measurement_fields, to_frame
 from edgekit.config.device import LocalDevice, SshDevice, get_device
 from edgekit.errors import AgentError, DeviceError
 from edgekit.transport import Transport, file_sha256, open_transport
@@ -43,12 +43,14 @@ def measure_on(transport: Transport, artifacts: Sequence[Any], cfg: BenchConfig,
                on_event: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
     remote = not transport.is_local
     agent = install_agent(transport)
-    runtimes = describe_device(transport, agent)["runtimes"] if remote else None
+    info = describe_device(transport, agent) if remote else None
+    runtimes = info["runtimes"] if info else None
+    emulated = bool(info.get("emulated")) if info else _host_emulated()
     rows = []
     for art in artifacts:
         problem = art.error or _missing_runtime(art, runtimes, transport)
         if problem or art.path is None:
-            rows.append({**artifact_row(art, transport.device_name), "error": problem})
+            rows.append(mark_emulated({**artifact_row(art, transport.device_name), "error": problem}, emulated))
             continue
         for threads in cfg.thread_counts(art.threads):  # one fresh agent process, and one row, per count
             row = {**artifact_row(art, transport.device_name), "threads": threads}
@@ -59,7 +61,15 @@ def measure_on(transport: Transport, artifacts: Sequence[Any], cfg: BenchConfig,
                 row.update(measurement_fields(_measure(art, transport, agent, cfg, remote, threads)))
             except (AgentError, DeviceError) as exc:
                 row["error"] = f"benchmark failed: {exc}"
+            mark_emulated(row, emulated)
     return rows
+
+
+def _host_emulated() -> bool:
+    """The local device is this host: is this process itself run by qemu-user?"""
+    from edgekit.agent.device_info import cpu_emulation
+
+    return bool(cpu_emulation()["emulated"])
 
 
 def _missing_runtime(art: Any, runtimes: dict[str, Any] | None, transport: Transport) -> str | None:

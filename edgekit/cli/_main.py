@@ -1,4 +1,4 @@
-"""Commands: deploy, devices (list, check), profiles, targets, models."""
+"""Commands: deploy, devices (list, check), profiles, targets, models. ``compress`` lives in _compress.py."""
 
 from __future__ import annotations
 
@@ -75,6 +75,8 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
 @click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
 @click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
+@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
+              help="Compress by this recipe YAML first (see `edgekit compress`).")
 @click.option("--threads", help="Threads for each runtime, or several (1,2,4: a row each). Default: the profile's.")
 @click.option("--min-iterations", type=int, default=50, show_default=True, help="Timed runs at least.")
 @click.option("--min-seconds", "--min-duration", "min_seconds", type=float, default=1.0, show_default=True,
@@ -93,7 +95,8 @@ def _csv(value: str | None) -> list[str] | None:
 @_trust_option
 @click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
 def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
-           calibration: str | None, input_shape: str | None, allow_pickle: bool, threads: str | None,
+           calibration: str | None, input_shape: str | None, allow_pickle: bool, recipe_file: str | None,
+           threads: str | None,
            min_iterations: int, min_seconds: float, warmup_iterations: int, warmup_seconds: float,
            idle_seconds: float, external_meter: str | None, no_energy: bool, profile_ops: bool, out_dir: str,
            jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
@@ -112,21 +115,27 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
             df = edgekit.deploy(
                 model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
                 calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
+                recipe=recipe_file, out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
                 trust_new_host=trust_new_host, on_event=lambda msg: status.update(msg),
             )
     except EdgekitError as exc:
         _fail(exc)
+    if emit_rows(df, out_file, as_json):
+        return
+    _print_table(df)
+    if profile_ops:
+        _print_ops(df)
+    if out_file:
+        console.print(f"rows written to {out_file}")
+
+
+def emit_rows(df: Any, out_file: str | None, as_json: bool) -> bool:
+    """Write ``--out`` (parquet) and, with ``--json``, print the rows; True when stdout is done."""
     if out_file:
         write_parquet(df, Path(out_file))
     if as_json:
         click.echo(json.dumps(_json_rows(df), indent=2))
-    else:
-        _print_table(df)
-        if profile_ops:
-            _print_ops(df)
-        if out_file:
-            console.print(f"rows written to {out_file}")
+    return as_json
 
 
 def _thread_counts(text: str | None) -> tuple[int, ...] | None:
@@ -298,7 +307,8 @@ def _print_check(check: Any) -> None:
     table.add_column("fact")
     table.add_column("value")
     ram = info.get("mem_total_mib")
-    facts = [("arch", info.get("machine")), ("cpu", info.get("cpu_model")), ("cores", info.get("cores")),
+    arch = f"{info.get('machine')} (emulated: qemu-user)" if info.get("emulated") else info.get("machine")
+    facts = [("arch", arch), ("cpu", info.get("cpu_model")), ("cores", info.get("cores")),
              ("ram", f"{ram / 1024:.1f} GiB" if ram else None), ("os", info.get("os")),
              ("python", f"{info.get('python')} ({info.get('python_executable')})"), ("numpy", info.get("numpy"))]
     for fmt, rt in sorted(info.get("runtimes", {}).items()):

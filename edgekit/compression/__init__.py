@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -20,13 +20,26 @@ from edgekit.config.profile import Profile, host_profile, load_profile
 from edgekit.errors import CompressError, ModelError, UnknownNameError
 from edgekit.models import EvalSet, Inputs, ModelSpec, as_inputs, load_model
 
-__all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-# Methods a profile's quantization mode maps to. Later methods (pruning, distillation, QAT, low-rank)
-# register here too.
+    from edgekit.config.recipe import Recipe
+
+__all__ = ["METHODS", "STEPS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
+
+# Quantization modes a profile may name (applied per target at export).
 METHODS: dict[str, str] = {
     "static": "post-training static quantization, calibrated",
     "dynamic": "post-training dynamic quantization (weights int8, activations at run time)",
+    "qat": "quantization-aware training (pt2e, the target's quantizer), fine-tuned from the fp32 model",
+}
+# Recipe steps: see edgekit.config.recipe (the step models) and edgekit.compression.recipe (the runner).
+STEPS: dict[str, str] = {
+    "prune": "magnitude (unstructured), channel (structured, torch-pruning) or 2:4 pruning; one-shot or iterative",
+    "distill": "knowledge distillation: soft targets at temperature T, optional feature matching",
+    "lowrank": "SVD factorization of linear and conv layers, rank by energy or parameter ratio",
+    "mixed_precision": "keep the most quantization-sensitive layers in fp32",
+    "qat": "quantization-aware training with each target's pt2e quantizer",
 }
 
 
@@ -39,6 +52,15 @@ class CompressedModel:
     calibration: list[Inputs]
     reference_accuracy: float | None
     steps: list[str] = field(default_factory=list)
+    # Module names (``features.0``) left in fp32 when an int8 artifact is built: mixed precision.
+    fp32_layers: list[str] = field(default_factory=list)
+    # Set by a recipe's ``qat`` step: int8 pt2e exports then fine-tune with the target's own quantizer
+    # (prepare_qat_pt2e -> train -> convert_pt2e) instead of calibrating.
+    qat: Any = None
+    # After a recipe: a StepRecord per step (the first is the reference), and the fp32 model's accuracy
+    # before the recipe, which the budget is measured against.
+    history: list[Any] = field(default_factory=list)
+    baseline_accuracy: float | None = None
     _reference: list[list[np.ndarray]] | None = field(default=None, repr=False)
 
     @property
@@ -54,6 +76,12 @@ class CompressedModel:
     def parity_inputs(self) -> list[Inputs]:
         return self.spec.parity_batch(self.calibration)
 
+    def report(self) -> "pd.DataFrame":
+        """The recipe's steps as rows: params, MACs, fp32 size, accuracy and its drop, what was tried."""
+        import pandas as pd
+
+        return pd.DataFrame([r.row() for r in self.history])
+
 
 def compress(
     model: str | Path | torch.nn.Module | ModelSpec,
@@ -63,11 +91,17 @@ def compress(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
     input_shape: str | None = None,
     allow_pickle: bool = False,
+    recipe: "str | Path | Recipe | None" = None,
+    train_data: Any = None,
+    val_data: EvalSet | None = None,
+    on_event: Callable[[str], None] | None = None,
 ) -> CompressedModel:
-    """Validate ``model`` for ``profile`` (default: this host's) and attach calibration data.
+    """Validate ``model`` for ``profile`` (default: this host's), attach calibration data, run ``recipe``.
 
     ``calibration`` is a file (.npy/.npz/.pt) or a list of samples (each a tensor or a tuple of tensors);
-    built-in models bring their own.
+    built-in models bring their own. ``train_data`` (re-iterable ``(inputs, labels)`` batches, e.g. a
+    DataLoader) feeds the recipe's training steps; ``val_data`` its accuracy budget (default: the
+    model's held-out set).
     """
     spec = load_model(model, example_inputs=example_inputs, input_shape=input_shape, allow_pickle=allow_pickle)
     prof = load_profile(profile) if profile is not None else host_profile()
@@ -92,10 +126,19 @@ def compress(
             f"int8 {mode} ({METHODS[mode]}): weights {w.granularity} {'symmetric' if w.symmetric else 'asymmetric'}, "
             f"activations {a.dtype}; applied per target at export"
         )
-    return CompressedModel(
+    cm = CompressedModel(
         spec=spec, profile=prof, calibration=samples or [],
         reference_accuracy=_reference_accuracy(spec), steps=steps,
     )
+    if mode == "qat" and recipe is None:
+        raise CompressError(f"profile {prof.name!r} asks for quantization.mode qat: pass a recipe with a qat step "
+                            "(it needs training data and epochs), e.g. recipe=Recipe(steps=[Qat()])")
+    if recipe is None:
+        return cm
+    from edgekit.compression.recipe import run_recipe
+    from edgekit.config.recipe import load_recipe
+
+    return run_recipe(cm, load_recipe(recipe), train_data=train_data, val_data=val_data, on_event=on_event)
 
 
 def _check_forward(spec: ModelSpec) -> None:

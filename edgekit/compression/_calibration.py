@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from edgekit.errors import CalibrationError
-from edgekit.models import Inputs, as_inputs
+from edgekit.models import Inputs, TrainSet, as_inputs
 
 
 def load_calibration_file(path: Path | str, example: Inputs) -> list[Inputs]:
@@ -88,3 +88,30 @@ def check_calibration(samples: Sequence[Inputs], example: Inputs, *, min_samples
                 )
         out.append(sample)
     return out[:max_samples]
+
+
+def load_train_file(path: Path | str, example: Inputs) -> TrainSet:
+    """Labelled training data from ``.npz``: ``y`` (N,) integer labels and ``x`` (one input) or ``x_0``,
+    ``x_1``... (one per input), each (N, *example.shape[1:])."""
+    path = Path(path)
+    if path.suffix != ".npz" or not path.is_file():
+        raise CalibrationError(f"{path}: training data must be an existing .npz file with arrays x (or x_0, x_1, ...) "
+                               "and y")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            keys = ["x"] if "x" in files else sorted((k for k in files if k.startswith("x_")), key=_npz_order)
+            if "y" not in files or not keys:
+                raise CalibrationError(f"{path}: holds arrays {sorted(files)}; expected x (or x_0, x_1, ...) and y")
+            arrays = [torch.from_numpy(z[k]) for k in keys]
+            labels = torch.from_numpy(z["y"]).long()
+    except CalibrationError:
+        raise
+    except Exception as exc:
+        raise CalibrationError(f"{path}: cannot read training data ({type(exc).__name__}: {exc})") from exc
+    samples = split_samples(arrays, example, source=str(path))  # checks count and per-sample shapes
+    if len(labels) != len(samples):
+        raise CalibrationError(f"{path}: {len(samples)} samples but {len(labels)} labels in y")
+    stacked = tuple(torch.stack([s[i].reshape(example[i].shape[1:]) for s in samples]).to(example[i].dtype)
+                    for i in range(len(example)))
+    return TrainSet(inputs=stacked, labels=labels)

@@ -8,7 +8,7 @@ import torch
 
 from edgekit.compression import CompressedModel
 from edgekit.config.target import Target
-from edgekit.exporters._pt2e import capture, check_scheme, quantize_pt2e
+from edgekit.exporters._pt2e import capture, check_fp32_layers, check_scheme, keep_layers_fp32, quantize_pt2e
 from edgekit.exporters.base import Exporter
 
 
@@ -21,6 +21,7 @@ class ExecutorchExporter(Exporter):
 
         if precision == "int8":
             gm = quantize_pt2e(cm, self._quantizer(cm, target))
+            check_fp32_layers(gm, cm.fp32_layers, target.name)
             program = torch.export.export(gm, cm.spec.example_inputs)
         else:
             program = capture(cm)
@@ -38,5 +39,7 @@ class ExecutorchExporter(Exporter):
 
         check_scheme(cm, target.name)
         q = cm.profile.quantization
-        config = get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic")
-        return XNNPACKQuantizer().set_global(config)
+        config = get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic",
+                                                   is_qat=cm.qat is not None)
+        # cm.fp32_layers (mixed precision) stay fp32: XNNPACK then runs them as fp32 kernels.
+        return keep_layers_fp32(XNNPACKQuantizer().set_global(config), cm.fp32_layers)

@@ -10,6 +10,7 @@ import torch
 
 from edgekit.compression import CompressedModel
 from edgekit.config.target import Target
+from edgekit.errors import ExportError
 from edgekit.exporters.base import Exporter
 
 
@@ -18,12 +19,14 @@ class OnnxExporter(Exporter):
 
     def export(self, cm: CompressedModel, precision: str, target: Target, dest: Path) -> Path:
         path = dest / f"model{target.extension}"
-        if precision == "int8":
+        if precision == "int8" and cm.qat is not None:
+            self._export_qat(cm, path, target)
+        elif precision == "int8":
             fp32 = dest / "_fp32" / "model.onnx"
             fp32.parent.mkdir()
             # Inline weights: onnxruntime's pre-processing cannot follow external data (< 2 GB models).
             self._torch_export(cm.spec.module, cm.spec.example_inputs, fp32, target, external_data=False)
-            self._quantize(cm, fp32, path)
+            self._quantize(cm, fp32, path, target.name)
             for f in fp32.parent.iterdir():
                 f.unlink()
             fp32.parent.rmdir()
@@ -35,6 +38,16 @@ class OnnxExporter(Exporter):
             self._torch_export(cm.spec.module, cm.spec.example_inputs, path, target)
         return path
 
+    def _export_qat(self, cm: CompressedModel, path: Path, target: Target) -> None:
+        """QAT learns its ranges inside a pt2e quantizer: export that converted graph, whose quantize /
+        dequantize ops become ONNX QDQ, rather than re-quantize with onnxruntime and lose what QAT learned.
+        The quantizer is XNNPACK's (symmetric per-channel int8 weights, int8 activations)."""
+        from edgekit.exporters._pt2e import quantize_pt2e
+        from edgekit.exporters.executorch import ExecutorchExporter
+
+        gm = quantize_pt2e(cm, ExecutorchExporter._quantizer(cm, target))
+        self._torch_export(gm, cm.spec.example_inputs, path, target, external_data=False)
+
     @staticmethod
     def _torch_export(module: torch.nn.Module, inputs: tuple, path: Path, target: Target,
                       external_data: bool = True) -> None:
@@ -44,7 +57,7 @@ class OnnxExporter(Exporter):
         torch.onnx.export(module, inputs, str(path), **kwargs)
 
     @staticmethod
-    def _quantize(cm: CompressedModel, fp32: Path, out: Path) -> None:
+    def _quantize(cm: CompressedModel, fp32: Path, out: Path, target: str) -> None:
         from onnxruntime.quantization import (
             CalibrationMethod,
             QuantFormat,
@@ -57,8 +70,11 @@ class OnnxExporter(Exporter):
         q = cm.profile.quantization
         prepped = fp32.with_name("prepped.onnx")
         quant_pre_process(str(fp32), str(prepped), skip_symbolic_shape=True)
+        exclude = onnx_nodes_of_layers(prepped, cm.fp32_layers, target)  # mixed precision: left fp32
         if q.mode == "dynamic":
-            quantize_dynamic(str(prepped), str(out), per_channel=q.per_channel, weight_type=QuantType.QInt8)
+            quantize_dynamic(str(prepped), str(out), per_channel=q.per_channel, weight_type=QuantType.QInt8,
+                             nodes_to_exclude=exclude)
+            check_onnx_fp32_nodes(out, exclude, target)
             return
         quantize_static(
             str(prepped), str(out), _Reader(prepped, cm.calibration),
@@ -68,7 +84,80 @@ class OnnxExporter(Exporter):
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             extra_options={"WeightSymmetric": q.weight.symmetric, "ActivationSymmetric": q.activation.symmetric},
+            nodes_to_exclude=exclude,
         )
+        check_onnx_fp32_nodes(out, exclude, target)
+
+
+_WEIGHTED_ONNX_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def onnx_nodes_of_layers(model: Path, layers: list[str], target: str) -> list[str]:
+    """The ONNX node names of PyTorch modules ``layers`` (``features.0``), for ``nodes_to_exclude``.
+
+    The dynamo exporter names each initializer after its parameter (``features.0.weight``), and that name
+    survives BatchNorm folding, where the node's own ``pkg.torch.onnx.name_scopes`` becomes the BatchNorm's.
+    So a node belongs to a layer when it reads one of that module's parameters; name scopes are the
+    fallback. A layer that matches no node fails the export rather than being quantized silently.
+    """
+    if not layers:
+        return []
+    import onnx
+
+    nodes = [n for n in onnx.load(str(model), load_external_data=False).graph.node if n.op_type in _WEIGHTED_ONNX_OPS]
+    found: list[str] = []
+    for layer in layers:
+        hits = [n.name for n in nodes if any(i.startswith(layer + ".") for i in n.input)]
+        if not hits:
+            hits = [n.name for n in nodes if _in_scope(n, layer)]
+        if not hits:
+            raise ExportError(target, f"fp32 layer {layer!r}: no ONNX {'/'.join(_WEIGHTED_ONNX_OPS)} node reads its "
+                                      "parameters or carries its name scope; refusing to quantize it silently")
+        found += [h for h in hits if h not in found]
+    return found
+
+
+def _in_scope(node: Any, layer: str) -> bool:
+    """``layer`` is the node's own Conv/Linear module, or a container around it.
+
+    A node that folded a BatchNorm carries the BatchNorm's scope, which must not count as that module.
+    """
+    import ast
+
+    props = {p.key: p.value for p in node.metadata_props}
+    scopes = ast.literal_eval(props.get("pkg.torch.onnx.name_scopes", "[]"))
+    classes = ast.literal_eval(props.get("pkg.torch.onnx.class_hierarchy", "[]"))
+    if layer not in scopes:
+        return False
+    i = scopes.index(layer)
+    own = classes[i].rsplit(".", 1)[-1] if i < len(classes) else ""
+    return i < len(scopes) - 2 or own.startswith(("Conv", "Linear"))
+
+
+def check_onnx_fp32_nodes(model: Path, names: list[str], target: str) -> None:
+    """Refuse a quantized model in which an excluded node still reads an int8 weight.
+
+    A quantized weight reaches its node as ``DequantizeLinear(int8 initializer)``; an activation's
+    DequantizeLinear reads a QuantizeLinear's output instead.
+    """
+    if not names:
+        return
+    import onnx
+
+    graph = onnx.load(str(model), load_external_data=False).graph
+    init = {i.name for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    for node in graph.node:
+        if node.name not in names:
+            continue
+        for i in node.input:
+            p = producer.get(i)
+            if p is not None and p.op_type == "DequantizeLinear" and p.input[0] in init:
+                raise ExportError(target, f"ONNX node {node.name} was excluded from quantization but reads the "
+                                          f"int8 weight {p.input[0]}")
+            if node.op_type in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"):
+                raise ExportError(target, f"ONNX node {node.name} was excluded from quantization but is "
+                                          f"{node.op_type}")
 
 
 class _Reader:

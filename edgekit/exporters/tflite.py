@@ -6,8 +6,18 @@ from pathlib import Path
 
 from edgekit.compression import CompressedModel
 from edgekit.config.target import Target
-from edgekit.exporters._pt2e import check_scheme, quantize_pt2e
+from edgekit.exporters._pt2e import check_fp32_layers, check_scheme, keep_layers_fp32, quantize_pt2e
+from edgekit.errors import ExportError
 from edgekit.exporters.base import Exporter
+
+
+# Checked with litert-torch 0.10.0 + torchao 0.18.0: its conv+BatchNorm QAT annotator hands torch.export a
+# function, not a module. PTQ (calibration) is unaffected.
+_QAT_UNSUPPORTED = (
+    "QAT int8 is not available for LiteRT with this toolchain: litert-torch 0.10's conv+BatchNorm QAT "
+    "annotator fails under torchao 0.18 (it passes a function to torch.export). The executorch and onnx int8 "
+    "artifacts carry the QAT result; for a .tflite, compress without the qat step (PTQ int8)"
+)
 
 
 class TfliteExporter(Exporter):
@@ -24,9 +34,18 @@ class TfliteExporter(Exporter):
             check_scheme(cm, target.name)
             q = cm.profile.quantization
             quantizer = PT2EQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic")
+                get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic",
+                                                   is_qat=cm.qat is not None)
             )
-            gm = quantize_pt2e(cm, quantizer, fold_quantize=False)
+            # cm.fp32_layers stay fp32 (float ops between dequantize/quantize); QuantConfig only reads
+            # the global config, so it gets the bare quantizer.
+            try:
+                gm = quantize_pt2e(cm, keep_layers_fp32(quantizer, cm.fp32_layers), fold_quantize=False)
+            except ValueError as exc:
+                if cm.qat is not None and "Expected `mod` to be an instance" in str(exc):
+                    raise ExportError(target.name, _QAT_UNSUPPORTED) from exc
+                raise
+            check_fp32_layers(gm, cm.fp32_layers, target.name)
             edge = litert_torch.convert(gm, cm.spec.example_inputs, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         else:
             edge = litert_torch.convert(cm.spec.module, cm.spec.example_inputs)

@@ -12,9 +12,9 @@ from typing import Callable, Sequence
 import torch
 
 from edgekit.errors import ModelError, UnknownNameError
-from edgekit.models._spec import EvalSet, Inputs, ModelSpec, as_inputs
+from edgekit.models._spec import EvalSet, Inputs, ModelSpec, TrainSet, as_inputs
 
-__all__ = ["BUILTIN", "EvalSet", "Inputs", "ModelSpec", "as_inputs", "load_model", "parse_shapes"]
+__all__ = ["BUILTIN", "EvalSet", "Inputs", "ModelSpec", "TrainSet", "as_inputs", "load_model", "parse_shapes"]
 
 
 def _digits() -> ModelSpec:
@@ -23,13 +23,21 @@ def _digits() -> ModelSpec:
     return digits.build()
 
 
+def _digits_wide() -> ModelSpec:
+    from edgekit.models import digits
+
+    return digits.build(width=64)
+
+
 def _mobilenet() -> ModelSpec:
     from edgekit.models import mobilenet
 
     return mobilenet.build()
 
 
-BUILTIN: dict[str, Callable[[], ModelSpec]] = {"digits-cnn": _digits, "mobilenet-v2": _mobilenet}
+BUILTIN: dict[str, Callable[[], ModelSpec]] = {
+    "digits-cnn": _digits, "digits-cnn-wide": _digits_wide, "mobilenet-v2": _mobilenet,
+}
 
 
 def parse_shapes(text: str | Sequence[str] | None) -> list[tuple[int, ...]]:

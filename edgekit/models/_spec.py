@@ -22,11 +22,23 @@ class EvalSet:
 
 
 @dataclass
+class TrainSet:
+    """Labelled training samples, stacked (N, ...) per input: what built-in models fine-tune from."""
+
+    inputs: Inputs
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
 class ModelSpec:
     """A model with the inputs that describe it.
 
     ``example_inputs`` fixes shapes and dtypes for export; ``calibration`` feeds int8 observers;
-    ``parity_inputs`` are what every artifact is compared on; ``eval_set`` gives accuracy.
+    ``parity_inputs`` are what every artifact is compared on; ``eval_set`` gives accuracy;
+    ``train_set`` lets compression methods that train (fine-tuning, distillation, QAT) run without a loader.
     """
 
     name: str
@@ -35,6 +47,7 @@ class ModelSpec:
     calibration: list[Inputs] | None = None
     parity_inputs: list[Inputs] | None = None
     eval_set: EvalSet | None = None
+    train_set: TrainSet | None = None
     origin: str = "python"
 
     def parity_batch(self, calibration: list[Inputs] | None = None) -> list[Inputs]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from edgekit.models._training import cached_module, fit
-from edgekit.models._spec import EvalSet, ModelSpec
+from edgekit.models._spec import EvalSet, ModelSpec, TrainSet
 
 # Changing any of these retrains: the cache key is their hash.
 RECIPE = {"version": 1, "seed": 0, "epochs": 40, "batch": 64, "lr": 3e-3, "test_size": 0.2}
@@ -45,23 +45,27 @@ def load_digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
     return x[tr], y[tr], x[te], y[te]
 
 
-def train(x: torch.Tensor, y: torch.Tensor) -> DigitsCNN:
+def train(x: torch.Tensor, y: torch.Tensor, width: int = 16) -> DigitsCNN:
     torch.manual_seed(RECIPE["seed"])
-    model = DigitsCNN()
+    model = DigitsCNN(width)
     opt = torch.optim.Adam(model.parameters(), lr=RECIPE["lr"])
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=RECIPE["epochs"])
     fit(model, x, y, opt, epochs=RECIPE["epochs"], batch=RECIPE["batch"], seed=RECIPE["seed"], sched=sched)
     return model.eval()
 
 
-def build() -> ModelSpec:
+def build(width: int = 16) -> ModelSpec:
+    """``digits-cnn`` (width 16, ~60k params); ``digits-cnn-wide`` (width 64): enough compute per inference
+    that pruning and low-rank show on latency rather than drowning in per-call overhead."""
     x_tr, y_tr, x_te, y_te = load_digits_split()
-    model = cached_module("digits-cnn", RECIPE, DigitsCNN, lambda: train(x_tr, y_tr))
+    name, recipe = ("digits-cnn", RECIPE) if width == 16 else ("digits-cnn-wide", {**RECIPE, "width": width})
+    model = cached_module(name, recipe, lambda: DigitsCNN(width), lambda: train(x_tr, y_tr, width))
     return ModelSpec(
-        name="digits-cnn",
+        name=name,
         module=model,
         example_inputs=(x_te[:1],),
         calibration=[(x_tr[i : i + 1],) for i in range(128)],
         eval_set=EvalSet(inputs=[(x_te[i : i + 1],) for i in range(len(y_te))], labels=y_te),
+        train_set=TrainSet(inputs=(x_tr,), labels=y_tr),
         origin="built-in: trained on scikit-learn digits (80/20 stratified split, seed 0)",
     )

@@ -19,7 +19,7 @@ import uuid
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 SSHD = "/usr/sbin/sshd"
 HOST = "127.0.0.1"
@@ -48,13 +48,27 @@ class TestDevice:
     profile: str | None = None
     tags: list[str] = field(default_factory=list)
     tag: str = ""  # value of $EDGEKIT_TEST_DEVICE in this device's sessions
+    # Where the device sees ``root`` (it runs in a chroot); None: the device sees host paths as they are.
+    device_root: str | None = None
+    cleanups: list[Callable[[], None]] = field(default_factory=list)  # run by stop() once processes are gone
+
+    def device_path(self, path: str | os.PathLike[str]) -> str:
+        """``path`` (on this host, under ``root``) as the device sees it."""
+        if self.device_root is None:
+            return str(path)
+        rel = Path(path).relative_to(self.root)
+        return self.device_root if rel == Path(".") else f"{self.device_root}/{rel.as_posix()}"
 
     def entry(self) -> dict[str, Any]:
-        """This device as a ``devices.yaml`` entry (plain strings, ready for yaml.safe_dump)."""
+        """This device as a ``devices.yaml`` entry (plain strings, ready for yaml.safe_dump).
+
+        ``workdir`` and ``python`` are device-side paths; the keys and known_hosts are the host's (client side).
+        """
         return {
             "name": self.name, "kind": "ssh", "host": self.host, "port": self.port, "user": self.user,
             "identity_file": str(self.identity_file), "known_hosts": str(self.known_hosts),
-            "python": self.python, "workdir": str(self.workdir), "profile": self.profile, "tags": list(self.tags),
+            "python": self.python, "workdir": self.device_path(self.workdir), "profile": self.profile,
+            "tags": list(self.tags),
         }
 
     def _client_opts(self) -> list[str]:
@@ -72,7 +86,7 @@ class TestDevice:
 
     def scp_argv(self, local: str | os.PathLike[str], remote: str | os.PathLike[str]) -> list[str]:
         """An ``scp`` argv copying ``local`` to ``remote`` (a relative remote path is taken inside workdir)."""
-        target = Path(remote) if Path(remote).is_absolute() else self.workdir / remote
+        target = str(remote) if Path(remote).is_absolute() else self.device_path(self.workdir / remote)
         return ["scp", "-q", *self._client_opts(), "-P", str(self.port), str(local), f"{self.user}@{self.host}:{target}"]
 
     def descendants(self) -> list[int]:
@@ -109,6 +123,7 @@ class TestDevice:
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent above
             self.process.kill()
             self.process.wait(timeout=timeout)
+        _run_cleanups(self.cleanups)
         _live.discard(self)
 
     def log(self) -> str:
@@ -135,11 +150,43 @@ def start_sshd(
     """Start a real sshd on a free loopback port with keys, known_hosts and a workdir under ``root``."""
     if not Path(SSHD).exists():
         raise RuntimeError(f"{SSHD} not found: apt-get install -y openssh-server")
-    root = Path(root).resolve()
+    return launch_sshd(root, name=name, python=python or sys.executable, user=user, profile=profile, tags=tags)
+
+
+def launch_sshd(
+    root: Path,
+    *,
+    name: str,
+    python: str,
+    user: str | None = None,
+    profile: str | None = None,
+    tags: list[str] | None = None,
+    sshd: Sequence[str] = (SSHD,),
+    device_root: str | None = None,
+    cleanups: list[Callable[[], None]] | None = None,
+    banner_timeout: float = _BANNER_TIMEOUT,
+) -> TestDevice:
+    """Keys, config and workdir under ``root``; ``sshd`` (an argv prefix) started on a free loopback port.
+
+    A device in a root filesystem of its own passes the argv that runs that root's sshd there and
+    ``device_root``, where that sshd sees ``root``; ``cleanups`` run when the device stops, or here if it never
+    starts.
+    """
+    cleanups = list(cleanups or [])
+    try:
+        return _launch(Path(root).resolve(), name, python, user or getpass.getuser(), profile, tags, list(sshd),
+                       device_root, cleanups, banner_timeout)
+    except BaseException:
+        _run_cleanups(cleanups)
+        raise
+
+
+def _launch(root: Path, name: str, python: str, user: str, profile: str | None, tags: list[str] | None,
+            sshd: list[str], device_root: str | None, cleanups: list[Callable[[], None]],
+            banner_timeout: float) -> TestDevice:
     root.mkdir(parents=True, exist_ok=True)
-    user = user or getpass.getuser()
-    if os.geteuid() == 0 and not Path("/run/sshd").is_dir():
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
+    if os.geteuid() == 0 and sshd == [SSHD] and not Path("/run/sshd").is_dir():
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # "Missing privilege separation directory"
     host_key, client_key = root / "ssh_host_ed25519_key", root / "id_ed25519"
     for key in (host_key, client_key):
         if not key.exists():
@@ -150,21 +197,23 @@ def start_sshd(
     workdir = root / "workdir"
     workdir.mkdir(exist_ok=True)
     tag = uuid.uuid4().hex
+    device = (lambda p: str(p)) if device_root is None else (lambda p: f"{device_root}/{p.relative_to(root)}")
 
     last_error = ""
     for _ in range(_BIND_RETRIES):
         port = _free_port()
         cfg = root / "sshd_config"
-        cfg.write_text(_config(root, port, user, host_key, tag))
+        cfg.write_text(_config(root, port, user, host_key, tag, device, _sshd_version(tuple(sshd))))
         log = root / "sshd.log"
         with open(log, "wb") as err:  # the child keeps its own copy of the fd
-            proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdin=subprocess.DEVNULL,
+            proc = subprocess.Popen([*sshd, "-D", "-e", "-f", device(cfg)], stdin=subprocess.DEVNULL,
                                     stdout=err, stderr=err)
-        if _wait_banner(proc, port):
+        if _wait_banner(proc, port, banner_timeout):
             (root / "known_hosts").write_text(f"[{HOST}]:{port} {host_pub}\n")
             dev = TestDevice(name=name, host=HOST, port=port, user=user, identity_file=client_key,
-                             known_hosts=root / "known_hosts", workdir=workdir, python=python or sys.executable,
-                             root=root, process=proc, profile=profile, tags=list(tags or []), tag=tag)
+                             known_hosts=root / "known_hosts", workdir=workdir, python=python,
+                             root=root, process=proc, profile=profile, tags=list(tags or []), tag=tag,
+                             device_root=device_root, cleanups=cleanups)
             _live.add(dev)
             return dev
         if proc.poll() is None:
@@ -177,10 +226,23 @@ def start_sshd(
     raise RuntimeError(f"sshd for test device {name!r} did not come up (config {root / 'sshd_config'}):\n{tail}")
 
 
-def _config(root: Path, port: int, user: str, host_key: Path, tag: str) -> str:
+def _run_cleanups(cleanups: list[Callable[[], None]]) -> None:
+    """Run and forget each cleanup, last registered first; all of them run even if one fails."""
+    errors = []
+    while cleanups:
+        try:
+            cleanups.pop()()
+        except Exception as exc:  # noqa: BLE001 - the rest must still run; reported below
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def _config(root: Path, port: int, user: str, host_key: Path, tag: str, device: Callable[[Path], str],
+            version: tuple[int, int]) -> str:
     lines = [
-        f"ListenAddress {HOST}", f"Port {port}",
-        f"HostKey {host_key}", f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
+        f"ListenAddress {HOST}", f"Port {port}", f"HostKey {device(host_key)}",
+        f"AuthorizedKeysFile {device(root / 'authorized_keys')}", f"PidFile {device(root / 'sshd.pid')}",
         f"AllowUsers {user}",
         "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
         f"UsePAM {'no' if user == 'root' else 'yes'}",  # root: no PAM; others are "locked" without PAM
@@ -190,14 +252,14 @@ def _config(root: Path, port: int, user: str, host_key: Path, tag: str) -> str:
         "LogLevel ERROR", "PrintMotd no", "PrintLastLog no", "UseDNS no",
         f"SetEnv {TAG_VAR}={tag}",  # no AcceptEnv: the client's environment never reaches the device
     ]
-    if _sshd_version() >= (9, 8):
+    if version >= (9, 8):
         lines.append("PerSourcePenalties no")  # many test logins from 127.0.0.1 must not get it blocked
     return "\n".join(lines) + "\n"
 
 
-@functools.lru_cache(maxsize=1)
-def _sshd_version() -> tuple[int, int]:
-    out = subprocess.run([SSHD, "-V"], capture_output=True, text=True, timeout=10)
+@functools.lru_cache(maxsize=4)
+def _sshd_version(sshd: tuple[str, ...] = (SSHD,)) -> tuple[int, int]:
+    out = subprocess.run([*sshd, "-V"], capture_output=True, text=True, timeout=60)
     m = re.search(r"OpenSSH_(\d+)\.(\d+)", out.stdout + out.stderr)
     return (int(m.group(1)), int(m.group(2))) if m else (0, 0)
 
@@ -208,14 +270,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_banner(proc: subprocess.Popen[bytes], port: int) -> bool:
-    """True once sshd sends ``SSH-``; False if it exits or stays silent for _BANNER_TIMEOUT seconds."""
-    deadline = time.monotonic() + _BANNER_TIMEOUT
+def _wait_banner(proc: subprocess.Popen[bytes], port: int, timeout: float = _BANNER_TIMEOUT) -> bool:
+    """True once sshd sends ``SSH-``; False if it exits or stays silent for ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((HOST, port), timeout=1.0) as s:
+            with socket.create_connection((HOST, port), timeout=min(timeout, 5.0)) as s:
                 if s.recv(64).startswith(b"SSH-"):
                     s.sendall(b"SSH-2.0-edgekit-probe\r\n")  # else sshd logs an error about the silent client
                     return True

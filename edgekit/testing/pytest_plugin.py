@@ -9,29 +9,31 @@ from typing import Any
 
 import pytest
 
+from edgekit.testing._arm64 import arm64_unavailable, start_arm64_device
 from edgekit.testing._envs import EnvUnavailable, device_python
 from edgekit.testing._sshd import SSHD, TestDevice, start_sshd
 
 SSHD_MISSING = "sshd not installed: apt-get install -y openssh-server (.ci/run does this)"
+REQUIRE_SSHD = "EDGEKIT_REQUIRE_SSHD"  # set (as .ci/run does): a missing sshd fails the ssh tests
+REQUIRE_ARM64 = "EDGEKIT_REQUIRE_ARM64"  # set (as .ci/run does): a machine that cannot emulate arm64 fails
 
 DeviceFactory = Callable[..., TestDevice]
 
 
-def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
-    if not Path(SSHD).exists():
-        if os.environ.get("EDGEKIT_REQUIRE_SSHD"):
-            pytest.fail(SSHD_MISSING)
-        pytest.skip(SSHD_MISSING)
+def _require(missing: str | None, env_var: str) -> None:
+    """Skip saying why a device kind cannot run here; fail instead where ``env_var`` is set (CI)."""
+    if missing:
+        if os.environ.get(env_var):
+            pytest.fail(f"{missing} ({env_var} is set)")
+        pytest.skip(missing)
+
+
+def _stopping(start: DeviceFactory) -> Iterator[DeviceFactory]:
+    """A factory whose devices are all stopped, newest first, when the fixture ends."""
     started: list[TestDevice] = []
 
-    def make(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
-        """Start device ``name`` whose python is device env ``env`` (``python=`` in kw overrides it)."""
-        if "python" not in kw:
-            try:
-                kw["python"] = device_python(env)
-            except EnvUnavailable as exc:
-                pytest.skip(str(exc))
-        dev = start_sshd(tmp_path_factory.mktemp(f"sshd-{name}"), name=name, **kw)
+    def make(*args: Any, **kw: Any) -> TestDevice:
+        dev = start(*args, **kw)
         started.append(dev)
         return dev
 
@@ -40,6 +42,21 @@ def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory
     finally:
         for dev in reversed(started):
             dev.stop()
+
+
+def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
+    _require(None if Path(SSHD).exists() else SSHD_MISSING, REQUIRE_SSHD)
+
+    def start(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
+        """Start device ``name`` whose python is device env ``env`` (``python=`` in kw overrides it)."""
+        if "python" not in kw:
+            try:
+                kw["python"] = device_python(env)
+            except EnvUnavailable as exc:
+                pytest.skip(str(exc))
+        return start_sshd(tmp_path_factory.mktemp(f"sshd-{name}"), name=name, **kw)
+
+    yield from _stopping(start)
 
 
 @pytest.fixture
@@ -68,3 +85,28 @@ def isolated_ssh_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("HOME", str(home))
     return home
+
+
+def _arm64_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
+    _require(arm64_unavailable(), REQUIRE_ARM64)
+
+    def start(name: str = "pi", **kw: Any) -> TestDevice:
+        """Start emulated arm64 device ``name`` (profile pi4 unless ``profile=``); builds the root on first use."""
+        return start_arm64_device(tmp_path_factory.mktemp(f"arm64-{name}"), name=name, **kw)
+
+    yield from _stopping(start)
+
+
+@pytest.fixture
+def arm64_device_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
+    """``make(name="pi", profile="pi4") -> TestDevice``: an emulated arm64 device (qemu-user chroot + sshd),
+    stopped after the test (its mounts end with it). Skips saying why where the machine cannot emulate arm64;
+    fails there instead when $EDGEKIT_REQUIRE_ARM64 is set.
+    """
+    yield from _arm64_factory(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def arm64_session_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
+    """Like ``arm64_device_factory`` but devices live until the end of the session."""
+    yield from _arm64_factory(tmp_path_factory)

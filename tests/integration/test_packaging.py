@@ -1,4 +1,4 @@
-"""The wheel carries the YAML folders, so an installed edgekit finds its profiles and targets."""
+"""The wheel carries the YAML folders, so an installed edgekit finds its profiles, targets and recipes."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ def test_wheel_ships_profiles_and_targets(tmp_path: Path) -> None:
     subprocess.run([*pip, "install", "--no-deps", "--target", str(site), str(wheel)], check=True, capture_output=True)
     code = (f"import sys; sys.path.insert(0, {str(site)!r}); import edgekit; "
             "from edgekit.config._catalog import builtin_dir; "
-            "print(edgekit.__file__); print(builtin_dir('profiles')); print(sorted(edgekit.list_profiles()))")
+            "from edgekit.config.recipe import list_recipes; "
+            "print(edgekit.__file__); print(builtin_dir('profiles')); print(sorted(edgekit.list_profiles())); "
+            "print(builtin_dir('recipes')); print(sorted(list_recipes()))")
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
-    module, folder, names = out.strip().splitlines()
+    module, folder, names, recipes_folder, recipes = out.strip().splitlines()
     assert module.startswith(str(site)) and folder.startswith(str(site))  # the wheel's copy, not the checkout
     assert names == "['jetson-orin', 'pi4', 'x86']"
+    assert recipes_folder.startswith(str(site)) and "'prune-distill-qat'" in recipes

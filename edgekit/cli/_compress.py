@@ -1,0 +1,140 @@
+"""``edgekit compress``: run a recipe, print what each step bought, optionally measure each step on a device."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+import edgekit
+from edgekit.cli._main import _devices_option, _fail, _stderr, _stdout, cli, emit_rows
+from edgekit.errors import EdgekitError
+
+STEP_COLUMNS = [
+    ("step", "#"), ("label", "step"), ("status", "status"), ("params", "params"), ("nonzero_params", "non-zero"),
+    ("macs", "MACs"), ("accuracy", "acc %"), ("accuracy_drop_pts", "drop pts"), ("evaluated_as", "scored as"),
+    ("seconds", "s"),
+]
+MEASURED_COLUMNS = [
+    ("step", "#"), ("label", "step"), ("target", "target"), ("precision", "prec"), ("params", "params"),
+    ("macs", "MACs"), ("artifact_bytes", "KiB"), ("accuracy", "acc %"), ("device_accuracy", "dev acc %"),
+    ("latency_ms_p50", "p50 ms"), ("latency_ms_p90", "p90 ms"), ("parity_ok", "parity"),
+]
+
+
+@cli.command()
+@click.option("--model", required=True, help="digits-cnn | digits-cnn-wide | mobilenet-v2 | FILE.pt2 | FILE.pt | "
+                                             "package.module:function")
+@click.option("--recipe", "recipe_file", required=True, type=click.Path(dir_okay=False),
+              help="Recipe YAML: steps (prune, distill, lowrank, mixed_precision, qat), budget, backoff.")
+@click.option("--profile", help="Profile name or YAML path (default: the device's, else this host's).")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
+@click.option("--train-data", type=click.Path(dir_okay=False),
+              help="Training data .npz: x (or x_0, x_1, ...) and integer labels y. Built-in models bring their own.")
+@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
+@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
+@click.option("--save", "save_path", type=click.Path(dir_okay=False),
+              help="Write the compressed fp32 model as a torch.export .pt2 (deploy it with --model FILE.pt2).")
+@click.option("--measure", is_flag=True, help="Export the model after each step and benchmark them all on --device.")
+@click.option("--device", default="local", show_default=True, help="Where --measure runs.")
+@click.option("--target", help="--measure exports to this target (default: the profile's first).")
+@click.option("--precision", help="--measure precision (default: int8 when the profile has it).")
+@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="--measure: timed seconds per step.")
+@click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
+@_devices_option
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+def compress(model: str, recipe_file: str, profile: str | None, calibration: str | None, train_data: str | None,
+             input_shape: str | None, allow_pickle: bool, save_path: str | None, measure: bool, device: str,
+             target: str | None, precision: str | None, min_seconds: float, out_dir: str, out_file: str | None,
+             devices_file: str | None, as_json: bool) -> None:
+    """Compress MODEL by a recipe under its accuracy budget and report each step."""
+    from edgekit import BenchConfig
+
+    console = _stderr()
+    try:
+        prof = profile or edgekit.device_profile(edgekit.get_device(device, devices_file)).name
+        with console.status("starting") as status:
+            cm = edgekit.compress(model, prof, calibration, input_shape=input_shape, allow_pickle=allow_pickle,
+                                  recipe=recipe_file, train_data=_train_data(train_data, model, input_shape),
+                                  on_event=lambda msg: status.update(msg))
+            df = cm.report()
+            if measure:
+                df = edgekit.benchmark_steps(cm, device, target=target, precision=precision, out_dir=out_dir,
+                                             config=BenchConfig(min_seconds=min_seconds), devices_file=devices_file,
+                                             on_event=lambda msg: status.update(msg))
+        if save_path:
+            edgekit.save_model(cm, save_path)
+    except EdgekitError as exc:
+        _fail(exc)
+    if emit_rows(df, out_file, as_json):
+        return
+    _print_steps(df, MEASURED_COLUMNS if measure else STEP_COLUMNS, title=f"{cm.name} ({cm.profile.name})")
+    for record in cm.history[1:]:
+        if len(record.attempts) > 1 or record.status == "skipped":
+            console.print(f"step {record.step} {record.status}: {' | '.join(record.attempts)}", highlight=False)
+    if save_path:
+        console.print(f"compressed model written to {save_path}")
+
+
+def _train_data(path: str | None, model: str, input_shape: str | None) -> Any:
+    if path is None:
+        return None
+    from edgekit.compression._calibration import load_train_file
+    from edgekit.models import load_model
+
+    return load_train_file(path, load_model(model, input_shape=input_shape).example_inputs)
+
+
+def _print_steps(df: Any, columns: list[tuple[str, str]], title: str) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from edgekit.cli._main import _fmt
+
+    table = Table(title=title)
+    for col, head in columns:
+        table.add_column(head, justify="left" if col in ("label", "status", "target", "evaluated_as") else "right")
+    for _, row in df.iterrows():
+        table.add_row(*[escape(_step_fmt(col, row.get(col), _fmt)) for col, _ in columns])
+    _stdout().print(table)
+
+
+def _step_fmt(col: str, v: Any, fmt: Any) -> str:
+    if col in ("params", "nonzero_params", "macs") and v is not None and v == v:
+        return f"{int(v):,}"
+    if col == "accuracy_drop_pts" and v is not None and v == v:
+        return f"{v:+.2f}"
+    return fmt(col, v)
+
+
+@cli.command()
+@click.option("--model", required=True, help="Built-in name, FILE.pt2, FILE.pt or package.module:function.")
+@click.option("--profile", help="Profile name or YAML path (default: this host's).")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
+@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224.")
+@click.option("--metric", type=click.Choice(["sqnr", "accuracy", "both"]), default="sqnr", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+def sensitivity(model: str, profile: str | None, calibration: str | None, input_shape: str | None, metric: str,
+                as_json: bool) -> None:
+    """Per-layer int8 sensitivity of MODEL (only that layer quantized), most sensitive first."""
+    try:
+        with _stderr().status("measuring per-layer sensitivity"):
+            cm = edgekit.compress(model, profile, calibration, input_shape=input_shape)
+            df = edgekit.layer_sensitivity(cm, metric=metric)
+    except EdgekitError as exc:
+        _fail(exc)
+    if emit_rows(df, None, as_json):
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    table = Table(title=f"{cm.name}: int8 sensitivity per layer (XNNPACK PTQ, only that layer int8)")
+    for col in df.columns:
+        table.add_column(str(col), justify="left" if col in ("layer", "op") else "right")
+    for _, row in df.iterrows():
+        table.add_row(*[escape(f"{v:.2f}" if isinstance(v, float) else str(v)) for v in row])
+    _stdout().print(table)
+    if "all_int8_sqnr_db" in df.attrs:
+        _stderr().print(f"all layers int8: SQNR {df.attrs['all_int8_sqnr_db']:.1f} dB. Keep the top rows fp32 with "
+                        "a recipe step: mixed_precision: {keep_fp32: N}", highlight=False)
