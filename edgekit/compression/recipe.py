@@ -98,13 +98,11 @@ def run_recipe(
     history = [_record(0, "reference", "fp32 model", "reference", spec.origin, _State(teacher, [], None), cm,
                        baseline, baseline, "fp32", 0.0)]
     state = _State(copy.deepcopy(teacher), [], None)
-    threads = recipe.train_threads
-    for index, step in enumerate(recipe.steps, start=1):
-        step = _with_profile_defaults(step, cm)
+    for group in _groups(recipe, cm):
         if on_event:
-            on_event(f"step {index}/{len(recipe.steps)}: {step.label()}")
-        state, record = _run_step(index, step, state, cm, recipe, teacher, train_data, val, baseline, threads)
-        history.append(record)
+            on_event(", ".join(f"step {i}/{len(recipe.steps)}: {step.label()}" for i, step in group))
+        state, records = _run_group(group, state, cm, recipe, teacher, train_data, val, baseline)
+        history += records
     out_spec = dataclasses.replace(spec, module=state.module.eval(), name=f"{spec.name}-{recipe.name}",
                                    origin=f"{spec.origin}; compressed by recipe {recipe.name!r}: {recipe.label()}")
     applied = [f"step {r.step} {r.label}: {r.status}; {r.detail}" for r in history[1:]]
@@ -115,35 +113,51 @@ def run_recipe(
     )
 
 
-def _run_step(
-    index: int, step: Any, state: _State, cm: CompressedModel, recipe: Recipe, teacher: nn.Module,
-    train_data: TrainData | None, val: EvalSet | None, baseline: float | None, threads: int | None,
-) -> tuple[_State, StepRecord]:
+def _groups(recipe: Recipe, cm: CompressedModel) -> list[list[tuple[int, Any]]]:
+    """Steps judged together: each step with ``check_budget: false`` joins the next one's group."""
+    groups: list[list[tuple[int, Any]]] = [[]]
+    for index, step in enumerate(recipe.steps, start=1):
+        groups[-1].append((index, _with_profile_defaults(step, cm)))
+        if step.check_budget:
+            groups.append([])
+    return [g for g in groups if g]
+
+
+def _run_group(
+    group: list[tuple[int, Any]], state: _State, cm: CompressedModel, recipe: Recipe, teacher: nn.Module,
+    train_data: TrainData | None, val: EvalSet | None, baseline: float | None,
+) -> tuple[_State, list[StepRecord]]:
+    """Apply the group's steps on a copy; judge the result; over budget, retry with every step that can be
+    made weaker made weaker, up to ``backoff.max_tries`` times, else keep the model as it was."""
     start = time.perf_counter()
     attempts: list[str] = []
-    current = step
-    tries = 0
-    while True:
+    current = [step for _, step in group]
+    for tries in range(recipe.backoff.max_tries + 1):
         candidate = state.copy()
-        detail, scored, evaluated_as = _apply(current, candidate, cm, teacher, train_data, threads)
-        acc = accuracy(scored, val) if val is not None else None
-        drop = _drop(baseline, acc)
+        records = []
+        for (index, original), step in zip(group, current):
+            t0 = time.perf_counter()
+            detail, scored, evaluated_as = _apply(step, candidate, cm, teacher, train_data, recipe.train_threads)
+            acc = accuracy(scored, val) if val is not None else None
+            records.append(_record(index, original.method, step.label(), "", detail, candidate, cm, acc, baseline,
+                                   evaluated_as, time.perf_counter() - t0))
+        drop = records[-1].accuracy_drop_pts
         ok = recipe.budget is None or drop is None or drop <= recipe.budget.max_accuracy_drop
-        attempts.append(f"{current.label()}: accuracy {_pct(acc)}, drop {_pts(drop)}"
-                        f"{'' if ok else f' > budget {recipe.budget.max_accuracy_drop:g}'}")  # type: ignore[union-attr]
+        attempts.append(f"{' -> '.join(s.label() for s in current)}: accuracy {_pct(records[-1].accuracy)}, "
+                        f"drop {_pts(drop)}{'' if ok else f' > budget {recipe.budget.max_accuracy_drop:g}'}")  # type: ignore[union-attr]
         if ok:
-            status = "applied" if tries == 0 else "backed off"
-            return candidate, _record(index, step.method, current.label(), status, detail, candidate, cm, acc, baseline,
-                                      evaluated_as, time.perf_counter() - start, attempts)
-        weaker = current.weaker(recipe.backoff.factor)
-        if weaker is None or tries >= recipe.backoff.max_tries:
+            for r in records:
+                r.status, r.attempts = ("applied" if tries == 0 else "backed off"), list(attempts)
+            return candidate, records
+        weaker = [s.weaker(recipe.backoff.factor) for s in current]
+        if all(w is None for w in weaker):
             break
-        current, tries = weaker, tries + 1
-    # Over budget however weak: the model stays as it was before this step.
+        current = [w if w is not None else s for w, s in zip(weaker, current)]
+    # Over budget however weak: the model stays as it was before this group.
     acc = accuracy(_scored(state, cm), val) if val is not None else None
     reason = f"over budget after {len(attempts)} attempt(s); the model stays as before this step"
-    return state, _record(index, step.method, step.label(), "skipped", reason, state, cm, acc, baseline,
-                          _evaluated_as(state), time.perf_counter() - start, attempts)
+    return state, [_record(index, step.method, step.label(), "skipped", reason, state, cm, acc, baseline,
+                           _evaluated_as(state), time.perf_counter() - start, attempts) for index, step in group]
 
 
 def _apply(

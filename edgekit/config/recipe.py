@@ -39,7 +39,12 @@ class TrainSpec(_Strict):
     seed: int = 0
 
 
-class Prune(_Strict):
+class _Step(_Strict):
+    check_budget: bool = Field(default=True, description="false: judge this step together with the next one "
+                                                         "(e.g. prune, then distill to win accuracy back)")
+
+
+class Prune(_Step):
     method: Literal["prune"] = "prune"
     granularity: Literal["unstructured", "channel", "2:4"] | None = Field(
         default=None, description="default: the profile's pruning.granularity")
@@ -59,7 +64,7 @@ class Prune(_Strict):
         return f"prune({self.granularity or 'profile'}, {self.ratio:g})"
 
 
-class Distill(_Strict):
+class Distill(_Step):
     method: Literal["distill"] = "distill"
     temperature: PositiveFloat = 4.0
     alpha: float = Field(default=0.7, ge=0, le=1, description="weight of the soft-target term")
@@ -76,7 +81,7 @@ class Distill(_Strict):
         return f"distill(T={self.temperature:g}, alpha={self.alpha:g})"
 
 
-class LowRank(_Strict):
+class LowRank(_Step):
     method: Literal["lowrank"] = "lowrank"
     energy: float | None = Field(default=None, gt=0, le=1, description="fraction of squared singular values kept")
     param_ratio: float | None = Field(default=None, gt=0, lt=1, description="target params / original params")
@@ -99,7 +104,7 @@ class LowRank(_Strict):
         return f"lowrank({rule})"
 
 
-class MixedPrecision(_Strict):
+class MixedPrecision(_Step):
     method: Literal["mixed_precision"] = "mixed_precision"
     keep_fp32: NonNegativeInt | list[str] = Field(default=1, description="how many of the most sensitive layers "
                                                                         "(or which layers) stay fp32")
@@ -112,7 +117,7 @@ class MixedPrecision(_Strict):
         return f"mixed_precision(keep_fp32={self.keep_fp32})"
 
 
-class Qat(_Strict):
+class Qat(_Step):
     method: Literal["qat"] = "qat"
     train: TrainSpec = TrainSpec(epochs=2, lr=1e-4)
 
@@ -147,6 +152,12 @@ class Recipe(_Strict):
                                               "torch's); 1 is fastest for small models on a busy machine")
     steps: list[Step] = Field(min_length=1)
     source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _last_step_checks(self) -> "Recipe":
+        if not self.steps[-1].check_budget:
+            raise ValueError("the last step has check_budget: false, so no step would judge it; remove that")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -43,6 +43,23 @@ def test_over_budget_step_backs_off_and_every_attempt_is_recorded() -> None:
     assert cm.name == "digits-cnn-harsh" and cm.baseline_accuracy == pytest.approx(0.9944, abs=1e-3)
 
 
+def test_a_step_without_its_own_check_is_judged_with_the_next_one() -> None:
+    # Pruning 90% of the weights alone is far over a half-point budget; distillation may win it back, so the
+    # pair is judged (and backed off) together.
+    recipe = Recipe(name="pair", train_threads=1, budget=Budget(max_accuracy_drop=0.5), backoff={"max_tries": 1},
+                    steps=[Prune(granularity="unstructured", ratio=0.9, finetune=TrainSpec(epochs=0),
+                                 check_budget=False),
+                           Distill(train=TrainSpec(epochs=2, lr=3e-3))])
+    cm = edgekit.compress("digits-cnn", "x86", recipe=recipe)
+    prune_rec, distill_rec = cm.history[1:]
+    assert prune_rec.attempts == distill_rec.attempts and prune_rec.status == distill_rec.status
+    assert all("prune(unstructured" in a and "-> distill(T=4" in a for a in prune_rec.attempts)
+    assert prune_rec.accuracy is not None  # reported, though not judged alone
+    if distill_rec.status != "skipped":
+        assert distill_rec.accuracy_drop_pts <= 0.5
+        assert distill_rec.nonzero_params < distill_rec.params  # distillation kept the pruned zeros
+
+
 @pytest.mark.slow
 def test_channel_pruned_model_exports_smaller_with_parity(digits_artifacts: Callable[[str], list[Any]],
                                                            tmp_path: Path) -> None:

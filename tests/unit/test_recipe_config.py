@@ -55,6 +55,7 @@ def test_backoff_weakens_each_kind_of_step() -> None:
     ("steps:\n  - shrink: {ratio: 0.5}\n", "(top level)", None, "unknown step 'shrink'"),
     ("steps: []\n", "steps", 2, "at least 1"),
     ("budget: {max_accuracy_drop: -1}\nsteps:\n  - qat: {}\n", "budget.max_accuracy_drop", 2, "greater than"),
+    ("steps:\n  - qat: {check_budget: false}\n", "(top level)", None, "no step would judge it"),
 ])
 def test_errors_name_file_line_and_field(tmp_path: Path, body: str, field: str, line: int | None, message: str) -> None:
     path = _write(tmp_path, "name: r\n" + body)
