@@ -197,3 +197,13 @@ def test_cli_sensitivity_table_as_json(tmp_path: Path) -> None:
     assert {r["layer"] for r in rows} == {"features.0", "features.3", "features.7", "classifier.1", "classifier.3"}
     sqnr = [r["sqnr_db"] for r in rows]
     assert sqnr == sorted(sqnr) and all(20 < v < 90 for v in sqnr)  # most sensitive (lowest SQNR) first
+
+
+def test_deploy_with_a_recipe_measures_the_compressed_model(tmp_path: Path) -> None:
+    recipe = Recipe(name="half", train_threads=1, steps=[Prune(granularity="channel", ratio=0.5,
+                                                               finetune=TrainSpec(epochs=2, lr=3e-3))])
+    df = edgekit.deploy("digits-cnn", recipe=recipe, targets=["onnx"], precisions=["fp32"], out_dir=tmp_path,
+                        jobs=1, config=edgekit.BenchConfig(min_seconds=0.1, min_iterations=5, threads=1))
+    (row,) = df.to_dict("records")
+    assert row["model"] == "digits-cnn-half" and row["parity_ok"] and row["latency_ms_p50"] > 0
+    assert row["device_accuracy"] == pytest.approx(row["accuracy"])  # the pruned model, scored on the device
