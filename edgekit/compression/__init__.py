@@ -25,21 +25,14 @@ if TYPE_CHECKING:
 
     from edgekit.config.recipe import Recipe
 
-__all__ = ["METHODS", "STEPS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
+__all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
 
-# Quantization modes a profile may name (applied per target at export).
+# Quantization modes a profile may name (applied per target at export). Recipe steps (prune, distill,
+# lowrank, mixed_precision, qat) are registered in edgekit.config.recipe.METHODS; compression.recipe runs them.
 METHODS: dict[str, str] = {
     "static": "post-training static quantization, calibrated",
     "dynamic": "post-training dynamic quantization (weights int8, activations at run time)",
     "qat": "quantization-aware training (pt2e, the target's quantizer), fine-tuned from the fp32 model",
-}
-# Recipe steps: see edgekit.config.recipe (the step models) and edgekit.compression.recipe (the runner).
-STEPS: dict[str, str] = {
-    "prune": "magnitude (unstructured), channel (structured, torch-pruning) or 2:4 pruning; one-shot or iterative",
-    "distill": "knowledge distillation: soft targets at temperature T, optional feature matching",
-    "lowrank": "SVD factorization of linear and conv layers, rank by energy or parameter ratio",
-    "mixed_precision": "keep the most quantization-sensitive layers in fp32",
-    "qat": "quantization-aware training with each target's pt2e quantizer",
 }
 
 
