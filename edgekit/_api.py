@@ -96,7 +96,10 @@ def benchmark_steps(
     profile has it.
     """
     from edgekit.compression.recipe import step_models
+    from edgekit.transport import open_transport
 
+    dev = get_device(device, devices_file)
+    open_transport(dev).close()  # fail fast, before an export per step, on a device we cannot reach
     prof = compressed.profile
     tgt = target or prof.targets[0]
     prec = precision or ("int8" if "int8" in prof.precisions else prof.precisions[0])
@@ -106,7 +109,7 @@ def benchmark_steps(
         if on_event:
             on_event(f"exporting step {record.step} ({record.label}) to {tgt} {prec}")
         artifacts += export(variant, [tgt], out_dir, precisions=[prec], jobs=1)
-    df = benchmark(artifacts, device, config, devices_file=devices_file, on_event=on_event)
+    df = benchmark(artifacts, dev, config, on_event=on_event)
     return _join_steps(df, variants)
 
 
