@@ -20,8 +20,6 @@ them up).
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import platform
@@ -30,13 +28,12 @@ import shlex
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from edgekit.testing._envs import EnvUnavailable
+from edgekit.testing._envs import EnvUnavailable, cached_build
 from edgekit.testing._sshd import TestDevice, launch_sshd
 
 ARM64_ENV = "arm64"  # the env name `python -m edgekit.testing serve --device NAME=arm64:pi4` takes
@@ -148,35 +145,12 @@ def arm64_root(cache: Path | None = None, *, log: Any = None) -> Path:
     reason = arm64_unavailable()
     if reason:
         raise Arm64Unavailable(reason)
-    if cache is None:
-        from edgekit._paths import cache_dir
 
-        cache = cache_dir()
-    rec = recipe()
-    key = hashlib.sha256(json.dumps(rec, sort_keys=True).encode()).hexdigest()[:12]
-    envs = Path(cache) / "device-envs"
-    final = envs / f"arm64-{key}"
-    rootfs = final / "rootfs"
-    if (final / "edgekit-env.json").exists():
-        return rootfs
-    envs.mkdir(parents=True, exist_ok=True)
-    with open(envs / f".arm64-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per recipe; others wait and reuse its result
-        if (final / "edgekit-env.json").exists():
-            return rootfs
-        for stale in envs.glob(f".tmp-arm64-{key}-*"):  # left by a crashed build (we hold the lock)
-            _remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-arm64-{key}-", dir=envs))
-        try:
-            timings = _build(tmp / "rootfs", log or (lambda _msg: None))
-            tmp.chmod(0o755)
-            info = {**rec, "mirror": debian_mirror(), "build_seconds": timings, "built": time.time()}
-            (tmp / "edgekit-env.json").write_text(json.dumps(info, indent=2) + "\n")
-            os.rename(tmp, final)  # atomic: the final path is either absent or complete
-        finally:
-            if tmp.exists():
-                _remove_tree(tmp)
-    return rootfs
+    def build(tmp: Path) -> dict[str, Any]:
+        timings = _build(tmp / "rootfs", log or (lambda _msg: None))
+        return {"mirror": debian_mirror(), "build_seconds": timings, "built": time.time()}
+
+    return cached_build(ARM64_ENV, recipe(), build, cache=cache, remove=_remove_tree) / "rootfs"
 
 
 def build_info(rootfs: Path) -> dict[str, Any]:

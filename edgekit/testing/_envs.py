@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any, Callable
 
 DEVICE_ENVS: dict[str, list[str]] = {
     "pi-like": ["tflite-runtime==2.14.0", "numpy<2"],
@@ -41,10 +42,6 @@ def device_python(name: str, cache: Path | None = None) -> str:
         return sys.executable
     if name not in DEVICE_ENVS:
         raise ValueError(f"unknown device env {name!r}; known: {', '.join([HOST, *DEVICE_ENVS])}")
-    if cache is None:
-        from edgekit._paths import cache_dir
-
-        cache = cache_dir()
     base = _base_python() if name not in ENV_PYTHON else find_python(ENV_PYTHON[name])
     if base is None:
         raise EnvUnavailable(f"device env {name!r} needs Python {ENV_PYTHON[name]}, which is not installed here "
@@ -52,28 +49,47 @@ def device_python(name: str, cache: Path | None = None) -> str:
     reqs = DEVICE_ENVS[name]
     recipe = {"name": name, "requirements": reqs, "python": base, "version": _version(base),
               "machine": platform.machine()}
+    # never resolve() the python: the venv's symlink target is the base python, outside the venv
+    return str(cached_build(name, recipe, lambda tmp: _build(tmp, base, reqs), cache=cache) / "bin" / "python")
+
+
+def cached_build(
+    name: str, recipe: dict[str, Any], build: Callable[[Path], dict[str, Any] | None], *,
+    cache: Path | None = None, remove: Callable[[Path], None] = lambda path: shutil.rmtree(path, ignore_errors=True),
+) -> Path:
+    """``cache/device-envs/<name>-<hash of recipe>``, made by ``build(tmp)`` on first use and reused after.
+
+    One builder per recipe (a file lock; others wait and reuse its result). The folder is built under a
+    temporary name and renamed when complete, so the final path is either absent or whole. Beside it,
+    ``edgekit-env.json`` holds the recipe and whatever ``build`` returned (timings...). ``remove`` deletes
+    a failed or stale build.
+    """
+    if cache is None:
+        from edgekit._paths import cache_dir
+
+        cache = cache_dir()
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
     envs = Path(cache) / "device-envs"
     final = envs / f"{name}-{key}"
-    python = final / "bin" / "python"  # never resolve(): the symlink target is the base python, outside the venv
-    if python.exists():
-        return str(python)
+    if (final / "edgekit-env.json").exists():
+        return final
     envs.mkdir(parents=True, exist_ok=True)
     with open(envs / f".{name}-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # one builder per recipe; others wait and reuse its result
-        if python.exists():
-            return str(python)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (final / "edgekit-env.json").exists():
+            return final
         for stale in envs.glob(f".tmp-{name}-{key}-*"):  # left by a crashed build (we hold the lock)
-            shutil.rmtree(stale, ignore_errors=True)
+            remove(stale)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-{key}-", dir=envs))
         try:
-            _build(tmp, base, reqs)
+            extra = build(tmp) or {}
             tmp.chmod(0o755)  # mkdtemp makes it 0700; a device user other than us must read it
-            (tmp / "edgekit-env.json").write_text(json.dumps(recipe, indent=2) + "\n")
+            (tmp / "edgekit-env.json").write_text(json.dumps({**recipe, **extra}, indent=2) + "\n")
             os.rename(tmp, final)  # atomic: the final path is either absent or complete
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    return str(python)
+            if tmp.exists():
+                remove(tmp)
+    return final
 
 
 def find_python(version: str) -> str | None:
