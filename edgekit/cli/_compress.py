@@ -56,7 +56,7 @@ def compress(model: str, recipe_file: str, profile: str | None, calibration: str
         prof = profile or edgekit.device_profile(edgekit.get_device(device, devices_file)).name
         with console.status("starting") as status:
             cm = edgekit.compress(model, prof, calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                                  recipe=recipe_file, train_data=_train_data(train_data, model, input_shape),
+                                  recipe=recipe_file, train_data=train_data,
                                   on_event=lambda msg: status.update(msg))
             df = cm.report()
             if measure:
@@ -75,15 +75,6 @@ def compress(model: str, recipe_file: str, profile: str | None, calibration: str
             console.print(f"step {record.step} {record.status}: {' | '.join(record.attempts)}", highlight=False)
     if save_path:
         console.print(f"compressed model written to {save_path}")
-
-
-def _train_data(path: str | None, model: str, input_shape: str | None) -> Any:
-    if path is None:
-        return None
-    from edgekit.compression._calibration import load_train_file
-    from edgekit.models import load_model
-
-    return load_train_file(path, load_model(model, input_shape=input_shape).example_inputs)
 
 
 def _print_steps(df: Any, columns: list[tuple[str, str]], title: str) -> None:

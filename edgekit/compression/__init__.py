@@ -25,7 +25,8 @@ if TYPE_CHECKING:
 
     from edgekit.config.recipe import Recipe
 
-__all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "reference_outputs", "top1_accuracy"]
+__all__ = ["METHODS", "CompressedModel", "compress", "flat_outputs", "fp32_accuracy", "reference_outputs",
+           "top1_accuracy"]
 
 # Quantization modes a profile may name (applied per target at export). Recipe steps (prune, distill,
 # lowrank, mixed_precision, qat) are registered in edgekit.config.recipe.METHODS; compression.recipe runs them.
@@ -93,7 +94,7 @@ def compress(
 
     ``calibration`` is a file (.npy/.npz/.pt) or a list of samples (each a tensor or a tuple of tensors);
     built-in models bring their own. ``train_data`` (re-iterable ``(inputs, labels)`` batches, e.g. a
-    DataLoader) feeds the recipe's training steps; ``val_data`` its accuracy budget (default: the
+    DataLoader, or an ``.npz`` file with ``x``/``x_0``.. and ``y``) feeds the recipe's training steps; ``val_data`` its accuracy budget (default: the
     model's held-out set).
     """
     spec = load_model(model, example_inputs=example_inputs, input_shape=input_shape, allow_pickle=allow_pickle)
@@ -102,6 +103,9 @@ def compress(
     if mode not in METHODS:
         raise UnknownNameError("quantization mode", mode, METHODS, hint=f"set quantization.mode in {prof.source}")
     _check_forward(spec)
+    if mode == "qat" and recipe is None:
+        raise CompressError(f"profile {prof.name!r} asks for quantization.mode qat: pass a recipe with a qat step "
+                            "(it needs training data and epochs), e.g. recipe=Recipe(steps=[Qat()])")
     samples = _calibration_samples(spec, calibration)
     needs_calibration = "int8" in prof.precisions and mode == "static"
     if needs_calibration:
@@ -121,15 +125,17 @@ def compress(
         )
     cm = CompressedModel(
         spec=spec, profile=prof, calibration=samples or [],
-        reference_accuracy=_reference_accuracy(spec), steps=steps,
+        reference_accuracy=fp32_accuracy(spec), steps=steps,
     )
-    if mode == "qat" and recipe is None:
-        raise CompressError(f"profile {prof.name!r} asks for quantization.mode qat: pass a recipe with a qat step "
-                            "(it needs training data and epochs), e.g. recipe=Recipe(steps=[Qat()])")
     if recipe is None:
         return cm
     from edgekit.compression.recipe import run_recipe
     from edgekit.config.recipe import load_recipe
+
+    if isinstance(train_data, (str, Path)):
+        from edgekit.compression._calibration import load_train_file
+
+        train_data = load_train_file(train_data, spec.example_inputs)
 
     return run_recipe(cm, load_recipe(recipe), train_data=train_data, val_data=val_data, on_event=on_event)
 
@@ -160,11 +166,11 @@ def top1_accuracy(predict: Callable[[Inputs], list[np.ndarray]], eval_set: EvalS
     return top1(predict, eval_set.inputs, eval_set.labels.numpy())
 
 
-def _reference_accuracy(spec: ModelSpec) -> float | None:
-    if spec.eval_set is None:
-        return None
-    with torch.no_grad():
-        return top1_accuracy(lambda x: flat_outputs(spec.module(*x)), spec.eval_set)
+def fp32_accuracy(spec: ModelSpec) -> float | None:
+    """The model's own top-1 on its held-out set (None without one): the reference artifacts are judged by."""
+    from edgekit.compression._train import accuracy
+
+    return None if spec.eval_set is None else accuracy(spec.module, spec.eval_set)
 
 
 def flat_outputs(out: object) -> list[np.ndarray]:

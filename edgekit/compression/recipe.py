@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from edgekit.compression import CompressedModel
+from edgekit.compression import CompressedModel, fp32_accuracy
 from edgekit.compression._measure import count_macs, count_nonzero, count_params, state_bytes
 from edgekit.compression._train import (
     TrainData,
@@ -101,13 +101,13 @@ def run_recipe(
     for group in _groups(recipe, cm):
         if on_event:
             on_event(", ".join(f"step {i}/{len(recipe.steps)}: {step.label()}" for i, step in group))
-        state, records = _run_group(group, state, cm, recipe, teacher, train_data, val, baseline)
+        state, records = _run_group(group, state, history[-1], cm, recipe, teacher, train_data, val, baseline)
         history += records
     out_spec = dataclasses.replace(spec, module=state.module.eval(), name=f"{spec.name}-{recipe.name}",
                                    origin=f"{spec.origin}; compressed by recipe {recipe.name!r}: {recipe.label()}")
     applied = [f"step {r.step} {r.label}: {r.status}; {r.detail}" for r in history[1:]]
     return dataclasses.replace(
-        cm, spec=out_spec, reference_accuracy=accuracy(out_spec.module, out_spec.eval_set) if out_spec.eval_set else None,
+        cm, spec=out_spec, reference_accuracy=fp32_accuracy(out_spec),
         steps=[*cm.steps, *applied], fp32_layers=list(state.fp32_layers), qat=state.qat, history=history,
         baseline_accuracy=baseline, _reference=None,
     )
@@ -124,8 +124,8 @@ def _groups(recipe: Recipe, cm: CompressedModel) -> list[list[tuple[int, Any]]]:
 
 
 def _run_group(
-    group: list[tuple[int, Any]], state: _State, cm: CompressedModel, recipe: Recipe, teacher: nn.Module,
-    train_data: TrainData | None, val: EvalSet | None, baseline: float | None,
+    group: list[tuple[int, Any]], state: _State, before: StepRecord, cm: CompressedModel, recipe: Recipe,
+    teacher: nn.Module, train_data: TrainData | None, val: EvalSet | None, baseline: float | None,
 ) -> tuple[_State, list[StepRecord]]:
     """Apply the group's steps on a copy; judge the result; over budget, retry with every step that can be
     made weaker made weaker, up to ``backoff.max_tries`` times, else keep the model as it was."""
@@ -153,11 +153,10 @@ def _run_group(
         if all(w is None for w in weaker):
             break
         current = [w if w is not None else s for w, s in zip(weaker, current)]
-    # Over budget however weak: the model stays as it was before this group.
-    acc = accuracy(_scored(state, cm), val) if val is not None else None
+    # Over budget however weak: the model stays as it was before this group, and so do its figures.
     reason = f"over budget after {len(attempts)} attempt(s); the model stays as before this step"
-    return state, [_record(index, step.method, step.label(), "skipped", reason, state, cm, acc, baseline,
-                           _evaluated_as(state), time.perf_counter() - start, attempts) for index, step in group]
+    return state, [_record(index, step.method, step.label(), "skipped", reason, state, cm, before.accuracy, baseline,
+                           before.evaluated_as, time.perf_counter() - start, attempts) for index, step in group]
 
 
 def _apply(
@@ -317,7 +316,6 @@ def step_models(cm: CompressedModel) -> list[tuple[StepRecord, CompressedModel]]
         if record.module is None or record.status == "skipped":
             continue
         spec = dataclasses.replace(cm.spec, module=record.module, name=f"{cm.spec.name}-step{record.step}")
-        ref = accuracy(record.module, spec.eval_set) if spec.eval_set is not None else None
         out.append((record, dataclasses.replace(cm, spec=spec, fp32_layers=list(record.fp32_layers), qat=record.qat,
-                                                reference_accuracy=ref, _reference=None)))
+                                                reference_accuracy=fp32_accuracy(spec), _reference=None)))
     return out
