@@ -5,18 +5,21 @@
 
 from edgekit import errors
 from edgekit._api import (
+    bench,
     benchmark,
     benchmark_steps,
+    compare_runs,
     compress,
     deploy,
     device_profile,
     export,
     layer_sensitivity,
+    load_run,
     op_table,
     save_model,
 )
 from edgekit._check import DeviceCheck, check_device
-from edgekit.bench.config import BenchConfig
+from edgekit.bench.config import BenchConfig, FleetConfig
 from edgekit.config import (
     Backoff,
     Budget,
@@ -51,6 +54,7 @@ __all__ = [
     "DeviceCheck",
     "Distill",
     "EdgekitError",
+    "FleetConfig",
     "LocalDevice",
     "LowRank",
     "MixedPrecision",
@@ -61,9 +65,11 @@ __all__ = [
     "SshDevice",
     "Target",
     "TrainSpec",
+    "bench",
     "benchmark",
     "benchmark_steps",
     "check_device",
+    "compare_runs",
     "compress",
     "deploy",
     "device_profile",
@@ -77,7 +83,13 @@ __all__ = [
     "load_devices",
     "load_profile",
     "load_recipe",
+    "load_run",
     "load_target",
     "op_table",
     "save_model",
 ]
+
+# ``edgekit.bench`` is the fleet verb. Importing edgekit.bench.config above bound the subpackage to that name;
+# bind the verb again. The subpackage (results, store, compare, report) stays importable as
+# ``from edgekit.bench.store import ...``; a test checks both.
+from edgekit._api import bench  # noqa: E402, F811

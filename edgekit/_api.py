@@ -12,11 +12,12 @@ if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from edgekit.bench.config import BenchConfig
+    from edgekit.bench.config import BenchConfig, FleetConfig
     from edgekit.compression import CompressedModel
     from edgekit.config.recipe import Recipe
     from edgekit.config.target import Target
     from edgekit.exporters import Artifact
+    from edgekit.fleet import FleetResult
 
 
 def compress(
@@ -208,3 +209,55 @@ def deploy(
                   allow_pickle=allow_pickle, recipe=recipe, train_data=train_data, on_event=on_event)
     artifacts = export(cm, targets, out_dir, precisions=precisions, jobs=jobs, on_event=on_event)
     return benchmark(artifacts, dev, config, on_event=on_event)
+
+
+def bench(
+    model: Any = None,
+    devices: Sequence[str] | None = None,
+    *,
+    tags: Sequence[str] | None = None,
+    all_devices: bool = False,
+    profile: str | Path | Profile | None = None,
+    targets: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    calibration: str | Path | None = None,
+    input_shape: str | None = None,
+    allow_pickle: bool = False,
+    recipe: str | Path | None = None,
+    config: "BenchConfig | None" = None,
+    fleet: "FleetConfig | None" = None,
+    devices_file: str | Path | None = None,
+    results: str | Path | None = None,
+    resume: str | None = None,
+    trust_new_host: bool = False,
+    mlflow: str | None = None,
+    on_progress: Callable[[str | None, str, str], None] | None = None,
+) -> "FleetResult":
+    """Benchmark ``model`` on many devices at once (by name, ``tags`` or ``all_devices``).
+
+    Artifacts are built once per profile; devices run ``fleet.parallel`` at a time, each with its own
+    timeout and retries; every row is stored the moment it arrives (``results``, default
+    ``./edgekit-results``), so ``resume=RUN_ID`` finishes an interrupted run. The result maps device ->
+    outcome, with ``.df``, ``.succeeded``, ``.failed`` and ``.run_id``. See :mod:`edgekit.fleet`.
+    """
+    from edgekit.fleet import bench as _bench
+
+    return _bench(model, devices, tags=tags, all_devices=all_devices, profile=profile, targets=targets,
+                  precisions=precisions, calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
+                  recipe=recipe, config=config, fleet=fleet, devices_file=devices_file, results=results,
+                  resume=resume, trust_new_host=trust_new_host, mlflow=mlflow, on_progress=on_progress)
+
+
+def load_run(run_id: str, results: str | Path | None = None) -> "pd.DataFrame":
+    """A stored run's rows (also of a run that crashed: its journal is read)."""
+    from edgekit.bench.store import load_run as _load_run
+
+    return _load_run(run_id, results)
+
+
+def compare_runs(run_a: str, run_b: str, results: str | Path | None = None) -> "pd.DataFrame":
+    """``run_b`` against ``run_a``, per row and metric; a regression only beyond the measurements' 95 %
+    interval. See :mod:`edgekit.bench.compare`."""
+    from edgekit.bench.compare import compare_runs as _compare
+
+    return _compare(load_run(run_a, results), load_run(run_b, results))

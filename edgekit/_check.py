@@ -51,6 +51,16 @@ def check_device(
     return check
 
 
+CLOCK_SKEW_WARN_S = 120.0  # beyond a link's latency and a little drift: the clock is not being kept
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= 2 * size:
+            return f"{seconds / size:.0f} {unit}"
+    return f"{seconds:.0f} s"
+
+
 def _judge(check: DeviceCheck, prof: Profile) -> None:
     import shlex
 
@@ -83,5 +93,10 @@ def _judge(check: DeviceCheck, prof: Profile) -> None:
     if isinstance(cores, int) and prof.threads > cores:
         check.warnings.append(f"profile {prof.name!r} runs {prof.threads} threads but the device has {cores} cores: "
                               "oversubscribed runtimes spin and latency suffers; use --threads or another profile")
+    skew = info.get("clock_skew_s")
+    if isinstance(skew, (int, float)) and abs(skew) > CLOCK_SKEW_WARN_S:
+        check.warnings.append(f"the device's clock is {_duration(abs(skew))} {'ahead of' if skew > 0 else 'behind'} "
+                              "this host's: latency is unaffected (monotonic clocks), but times the device reports "
+                              "(logs, file dates) are off; set its clock (timedatectl set-ntp true)")
     if not info.get("energy", {}).get("available"):
         check.warnings.append(f"no energy sensor: {info.get('energy', {}).get('reason', 'unknown')}")

@@ -15,11 +15,13 @@ type. Lower-layer errors (pydantic, yaml, runtimes, subprocess) are translated a
     ├── ExportError            a target could not export a model; names the target and, if known, the op
     ├── RuntimeRunError        an artifact could not be loaded or run in its runtime
     ├── DeviceError            a device cannot be used (unsupported kind, unreachable, ...)
-    └── AgentError             the benchmark agent failed; carries the command, exit code, output tail
+    ├── AgentError             the benchmark agent failed; carries the command, exit code, output tail
+    └── ResultsError           a stored run cannot be read, compared or logged (MLflow)
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 from difflib import get_close_matches
 from typing import Iterable, Sequence
@@ -33,6 +35,7 @@ __all__ = [
     "EdgekitError",
     "ExportError",
     "ModelError",
+    "ResultsError",
     "RuntimeRunError",
     "UnknownNameError",
 ]
@@ -107,10 +110,13 @@ class DeviceError(EdgekitError):
     """A device cannot be used: unreachable, refused, unknown host key, workdir not writable, ...
 
     The message starts with the device's name, so a fleet's errors say which device each is about.
+    ``transient`` marks what may pass if tried again (refused, no answer, connection lost): a fleet run
+    retries those with back-off; a wrong host key or a refused login it does not.
     """
 
-    def __init__(self, message: str, *, device: str | None = None) -> None:
+    def __init__(self, message: str, *, device: str | None = None, transient: bool = False) -> None:
         self.device = device
+        self.transient = transient
         super().__init__(f"device {device!r}: {message}" if device else message)
 
 
@@ -137,5 +143,19 @@ class AgentError(EdgekitError):
         super().__init__("\n".join(parts))
 
 
+# A device's output is untrusted: a tail is bounded (one 200 kB line is still one line) and its control
+# characters (terminal escapes, carriage returns) are shown, not sent to the user's terminal.
+_TAIL_CHARS = 4000
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
 def _tail(text: str, lines: int = 15) -> str:
-    return "\n".join(text.strip().splitlines()[-lines:])
+    tail = "\n".join(text.strip().splitlines()[-lines:])
+    if len(tail) > _TAIL_CHARS:
+        tail = f"({len(tail) - _TAIL_CHARS} characters cut) ..." + tail[-_TAIL_CHARS:]
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                        else f"\\u{ord(m.group()):04x}", tail)
+
+
+class ResultsError(EdgekitError):
+    """A stored run cannot be read, compared, reported or logged; the run's own files are never changed."""

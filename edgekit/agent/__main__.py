@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import sys
+import time
 import traceback
 from typing import Any, Iterator, Optional, TextIO
 
@@ -62,9 +63,31 @@ def stage(name: str) -> Iterator[None]:
         raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
+        if out_of_memory(exc):
+            raise AgentError(name, "MemoryError", f"out of memory in stage {name} ({type(exc).__name__}: {exc}): "
+                             f"{OOM_HINT}") from exc
         missing = type(exc).__name__ == "RuntimeMissing"
         code = EXIT_RUNTIME_MISSING if missing else EXIT_FAILURE
         raise AgentError(name, type(exc).__name__, str(exc), code) from exc
+
+
+OOM_HINT = ("the device ran out of memory (a limit such as ulimit -v or a cgroup, or too little free RAM): free "
+            "memory on the device, or try a smaller model or precision int8")
+# How running out of memory reads where no MemoryError is raised: the dynamic loader mapping a runtime's
+# library, C++ runtimes (std::bad_alloc, onnxruntime's allocator), OpenBLAS, errno ENOMEM.
+_OOM_TEXT = ("failed to map segment", "cannot allocate memory", "bad_alloc", "failed to allocate memory",
+             "memory allocation failed", "out of memory")
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Did ``exc`` (or what caused it: a runtime that "is not installed" because its library could not be
+    mapped) come from running out of memory?"""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, MemoryError) or any(t in str(exc).lower() for t in _OOM_TEXT):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1  # type: ignore[assignment]
+    return False
 
 
 # ---- request ----------------------------------------------------------------------------------------
@@ -82,7 +105,7 @@ REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
     "min_seconds": (_NUMBER, 0),
     "max_seconds": (_NUMBER, 0),
 }
-OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops")
+OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops", "scratch")
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -182,6 +205,9 @@ def _check_optional(request: dict[str, Any]) -> None:
                 not all(isinstance(v, str) and v for v in sensors.values()):
             raise bad_request(f"request field 'sensors' must be an object of strings with keys {list(SENSOR_KEYS)}, "
                               f"got {sensors!r}")
+    scratch = request.get("scratch")
+    if scratch is not None and not (isinstance(scratch, str) and os.path.isabs(scratch)):
+        raise bad_request(f"request field 'scratch' must be an absolute folder path, got {scratch!r}")
     if not isinstance(request.get("profile_ops", False), bool):
         raise bad_request(f"request field 'profile_ops' must be true or false, got {request['profile_ops']!r}")
     path = request.get("eval")
@@ -349,12 +375,62 @@ def _warm_up(measure: Any, runner: Any, prepared: Any, request: dict[str, Any]) 
     return warm.iterations, warm.seconds
 
 
-def info() -> dict[str, Any]:
-    """Facts for ``devices check``; answers even without numpy, since saying what is missing is its job."""
+def info(formats: Optional[str] = None) -> dict[str, Any]:
+    """Facts for ``devices check``; answers even without numpy, since saying what is missing is its job.
+    ``formats`` (comma-separated): probe only these runtimes."""
     with stage("load"):
         from .device_info import device_info
 
-        return {"ok": True, "agent_version": AGENT_VERSION, **device_info()}
+        wanted = [f for f in formats.split(",") if f] if formats is not None else None
+        facts = device_info(wanted)
+    # Read last, so the host compares it with its own clock a link's latency later.
+    return {"ok": True, "agent_version": AGENT_VERSION, **facts, "time_unix": time.time()}
+
+
+@contextlib.contextmanager
+def scratch_dir(parent: Optional[str]) -> Iterator[Optional[str]]:
+    """Temporary files of this run (ours, and a runtime's that honours TMPDIR) in a folder of their own under
+    ``parent`` (the device's workdir), removed when the run ends. Folders that killed runs left are swept."""
+    if parent is None:
+        yield None
+        return
+    import shutil
+    import tempfile
+
+    try:
+        os.makedirs(parent, exist_ok=True)
+        _sweep_scratch(parent)
+        folder = tempfile.mkdtemp(prefix=f"run-{os.getpid()}-", dir=parent)
+    except OSError as exc:
+        raise bad_request(f"cannot make a folder for temporary files in {parent} (request field 'scratch'): "
+                          f"{exc}; free space or choose another 'workdir'", type(exc).__name__) from exc
+    saved = tempfile.tempdir, os.environ.get("TMPDIR")
+    tempfile.tempdir = os.environ["TMPDIR"] = folder
+    try:
+        yield folder
+    finally:
+        tempfile.tempdir = saved[0]
+        if saved[1] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[1]
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _sweep_scratch(parent: str) -> None:
+    """Remove ``run-<pid>-*`` folders whose process is gone (a run killed before it could clean up)."""
+    import shutil
+
+    for name in os.listdir(parent):
+        parts = name.split("-")
+        if len(parts) < 3 or parts[0] != "run" or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(os.path.join(parent, name), ignore_errors=True)
+        except OSError:
+            pass  # alive, another user's: not ours to judge
 
 
 # ---- entry point ------------------------------------------------------------------------------------
@@ -371,7 +447,9 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command")
     run_parser = sub.add_parser("run", help="benchmark the artifact described by a request file")
     run_parser.add_argument("--request", required=True, help="path of the request JSON, or - for stdin")
-    sub.add_parser("info", help="describe this device: CPU, memory, OS, python, runtimes, energy sensors")
+    info_parser = sub.add_parser("info", help="describe this device: CPU, memory, OS, python, runtimes, energy sensors")
+    info_parser.add_argument("--formats", help="probe only these runtimes (comma-separated formats)")
+    info_parser.add_argument("--scratch", help="folder for temporary files (a runtime's import may write some)")
     args = parser.parse_args(argv)
     if args.command is None:
         raise bad_request("command line: a command is required: run --request REQ.json | info")
@@ -409,6 +487,9 @@ def _log_to_stderr() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     _log_to_stderr()
+    # onnxruntime's import writes a telemetry device id under ~/.cache and a session file in $TMPDIR: the
+    # agent writes only inside the device's workdir, and a benchmark sends nothing anywhere.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     with stdout_reserved_for_json() as out:
         response, code = _respond(argv)
     out.write(json.dumps(response, allow_nan=False) + "\n")
@@ -432,7 +513,13 @@ def _respond(argv: Optional[list[str]]) -> tuple[dict[str, Any], int]:
     try:
         args = parse_args(argv)
         log.setLevel(logging.INFO if args.verbose else logging.WARNING)
-        response = info() if args.command == "info" else run(read_request(args.request))
+        if args.command == "info":
+            with scratch_dir(args.scratch):
+                response = info(args.formats)
+        else:
+            request = read_request(args.request)
+            with scratch_dir(request.get("scratch")):
+                response = run(request)
         json.dumps(response, allow_nan=False)  # fail here, inside the error handling, not after it
         _add_process_peak(response)
         return response, EXIT_OK
@@ -440,6 +527,9 @@ def _respond(argv: Optional[list[str]]) -> tuple[dict[str, Any], int]:
         return exc.response(), exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:
         traceback.print_exc(file=sys.stderr)
+        if out_of_memory(exc):
+            message = f"out of memory ({type(exc).__name__}: {exc}): {OOM_HINT}"
+            return AgentError("run", "MemoryError", message).response(), EXIT_FAILURE
         return AgentError("run", type(exc).__name__, str(exc)).response(), EXIT_FAILURE
 
 

@@ -13,7 +13,7 @@ import platform
 import re
 import sys
 import threading
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 # format -> alternatives, each (distribution, modules to import); the first that imports is reported.
 RUNTIME_CANDIDATES: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
@@ -29,10 +29,17 @@ def runtime_names(fmt: str) -> str:
     return " or ".join(dist for dist, _ in RUNTIME_CANDIDATES[fmt])
 
 
-def probe_runtimes() -> dict[str, dict[str, Optional[str]]]:
-    """format -> {"package", "version"} when one imports, else {"package": None, "error": why not}."""
+def probe_runtimes(formats: Optional[Iterable[str]] = None) -> dict[str, dict[str, Optional[str]]]:
+    """format -> {"package", "version"} when one imports, else {"package": None, "error": why not}.
+
+    ``formats`` limits the probe to what a run needs: importing every runtime (torch for executorch) costs
+    seconds of CPU on a small board, for each benchmark run.
+    """
     out: dict[str, dict[str, Optional[str]]] = {}
+    wanted = set(formats) if formats is not None else set(RUNTIME_CANDIDATES)
     for fmt, candidates in RUNTIME_CANDIDATES.items():
+        if fmt not in wanted:
+            continue
         errors = []
         for dist, modules in candidates:
             try:
@@ -167,7 +174,7 @@ def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
     return describe_sources(sysfs_root)
 
 
-def device_info() -> dict[str, Any]:
+def device_info(formats: Optional[Iterable[str]] = None) -> dict[str, Any]:
     emulation = cpu_emulation()
     return {
         "machine": platform.machine(),
@@ -181,6 +188,6 @@ def device_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "numpy": numpy_version(),
-        "runtimes": probe_runtimes(),
+        "runtimes": probe_runtimes(formats),
         "energy": energy_sensors(),
     }

@@ -24,7 +24,15 @@ FORMATS = ("executorch", "onnx", "tflite")
 
 
 class RuntimeMissing(RuntimeError):
-    """The runtime for a format is not installed here."""
+    """The runtime for a format is not installed here, or is installed and does not import."""
+
+
+def _missing(what: str, exc: ImportError) -> RuntimeMissing:
+    """Not installed, or installed but unloadable (a numpy ABI clash; a library the loader could not map
+    because memory ran out): the message says which, with the import error."""
+    if isinstance(exc, ModuleNotFoundError):
+        return RuntimeMissing(f"{what} is not installed")
+    return RuntimeMissing(f"{what} is installed but does not import: {exc}")
 
 
 def import_runtime(fmt: str) -> float:
@@ -77,7 +85,7 @@ class OnnxRunner(Runner):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise RuntimeMissing("onnxruntime is not installed") from exc
+            raise _missing("onnxruntime", exc) from exc
         self.runtime, self.version = "onnxruntime", ort.__version__
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
@@ -130,17 +138,20 @@ class TfliteRunner(Runner):
 
 
 def _tflite_interpreter() -> tuple[Any, str, str]:
+    litert_error: Any = None
     try:
         from ai_edge_litert import interpreter as lite
         import ai_edge_litert
         return lite.Interpreter, "ai-edge-litert", getattr(ai_edge_litert, "__version__", _dist_version("ai-edge-litert"))
-    except ImportError:
-        pass
+    except ImportError as exc:
+        litert_error = exc
     try:
         from tflite_runtime import interpreter as lite  # type: ignore[import-not-found]
         import tflite_runtime  # type: ignore[import-not-found]
         return lite.Interpreter, "tflite-runtime", getattr(tflite_runtime, "__version__", _dist_version("tflite-runtime"))
     except ImportError as exc:
+        if not isinstance(litert_error, ModuleNotFoundError):  # installed: why it does not import matters
+            raise _missing("ai-edge-litert", litert_error) from litert_error
         raise RuntimeMissing("neither ai-edge-litert nor tflite-runtime is installed") from exc
 
 
@@ -200,7 +211,7 @@ class ExecutorchRunner(Runner):
             import torch
             from executorch.runtime import Runtime
         except ImportError as exc:
-            raise RuntimeMissing("executorch is not installed") from exc
+            raise _missing("executorch", exc) from exc
         self._torch = torch
         self.runtime, self.version = "executorch", _dist_version("executorch")
         self.threads_note = _set_executorch_threads(threads)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -65,3 +66,29 @@ class BenchConfig:
         if self.threads is None:
             return [default]
         return [self.threads] if isinstance(self.threads, int) else list(self.threads)
+
+
+@dataclass(frozen=True)
+class FleetConfig:
+    """How a fleet run treats its devices; validated on construction."""
+
+    parallel: int = 4  # devices measured at once
+    device_timeout: float = 1800.0  # seconds per device, from when its artifacts are ready
+    retries: int = 2  # further tries after a transient connection error
+    backoff_s: float = 1.0  # first wait before a retry; doubled each time, +-25 % jitter
+    backoff_max_s: float = 30.0
+    grace_s: float = 15.0  # after the deadline, how long a stuck device thread gets before it is abandoned
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.parallel, int) or self.parallel < 1:
+            raise ConfigError(f"must be an integer >= 1, got {self.parallel!r}", field="parallel")
+        if self.retries < 0:
+            raise ConfigError(f"must be >= 0, got {self.retries}", field="retries")
+        for name in ("device_timeout", "backoff_s", "backoff_max_s", "grace_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"must be > 0 seconds, got {getattr(self, name)}", field=name)
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before try ``attempt + 1``."""
+        base = min(self.backoff_max_s, self.backoff_s * 2 ** (attempt - 1))
+        return base * random.uniform(0.75, 1.25)

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
+
+from edgekit.errors import AgentError
 
 # Accuracy is a fraction; "one point" is 0.01.
 ACCURACY_BUDGET = 0.01
@@ -26,8 +30,18 @@ COLUMNS = [
     "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
     *CONDITION_COLUMNS, "emulated",
     "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
+    "stage",
     "latency_ms_samples", "op_profile",
 ]
+
+
+def finite(value: Any) -> float | None:
+    """``value`` as a float, or None when it is missing, NaN, infinite or not a number (untrusted rows)."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
 
 
 def artifact_row(art: Any, device: str) -> dict[str, Any]:
@@ -45,36 +59,153 @@ def artifact_row(art: Any, device: str) -> dict[str, Any]:
     }
 
 
-def measurement_fields(result: dict[str, Any]) -> dict[str, Any]:
-    """The measured half of a row, from the agent's JSON answer; units are in the column names."""
-    lat, mem = result["latency_ms"], result.get("memory") or {}
-    energy, cond = result.get("energy") or {}, result.get("conditions") or {}
-    acc, runtime = result.get("device_accuracy") or {}, result.get("runtime") or {}
-    ci = lat.get("ci95_p50") or [None, None]
-    return {
-        "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "latency_ms_p95": lat.get("p95"),
-        "latency_ms_p99": lat["p99"], "latency_ms_mean": lat["mean"], "latency_ms_std": lat.get("std"),
-        "latency_ms_min": lat.get("min"), "latency_ms_max": lat.get("max"),
-        "latency_ms_p50_ci95_low": ci[0], "latency_ms_p50_ci95_high": ci[1],
-        "latency_ms_samples": list(lat["samples"]), "iterations": result["iterations"],
-        "timed_seconds": result.get("timed_seconds"), "truncated": result.get("truncated"),
-        "threads": result.get("threads"), "load_ms": result.get("load_ms"),
-        "first_inference_ms": result.get("first_inference_ms"), "runtime_import_ms": result.get("runtime_import_ms"),
-        "peak_rss_mb_after_load": mem.get("peak_rss_mb_after_load"), "peak_rss_mb_steady": mem.get("peak_rss_mb_steady"),
-        "peak_rss_mb": mem.get("peak_rss_mb"), "peak_rss_mb_process": mem.get("peak_rss_mb_process"),
-        "memory_method": mem.get("method"),
-        "energy_mj_per_inference": energy.get("energy_mj_per_inference"),
-        "energy_total_mj_per_inference": energy.get("energy_total_mj_per_inference"),
-        "energy_error_mj": energy.get("energy_error_mj"), "energy_idle_power_mw": energy.get("idle_power_mw"),
-        "energy_active_power_mw": energy.get("active_power_mw"), "energy_window_s": energy.get("window_s"),
-        "energy_status": energy.get("status"), "energy_source": energy.get("source"), "energy_note": energy.get("note"),
-        **{k: cond.get(k) for k in CONDITION_COLUMNS},
-        "device_accuracy": acc.get("top1"), "device_eval_samples": acc.get("samples"),
-        "runtime": runtime.get("name"), "runtime_version": runtime.get("version"),
-        "machine": result.get("machine"), "python_version": result.get("python"),
-        "op_profile": result.get("op_profile"),
-    }
+def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -> dict[str, Any]:
+    """The measured half of a row, from the agent's JSON answer; units are in the column names.
 
+    The answer comes from a device, so it is untrusted: the latencies every summary rests on must be there
+    and make sense (finite, >= 0, at most ``max_ms``, the run's timeout), else AgentError names the field;
+    any other figure of the wrong type becomes None, and text is made printable (see :func:`printable`).
+    """
+    lat = _checked_latency(result, max_ms)
+    mem, energy, cond = _mapping(result, "memory"), _mapping(result, "energy"), _mapping(result, "conditions")
+    acc, runtime = _mapping(result, "device_accuracy"), _mapping(result, "runtime")
+    ci = lat.get("ci95_p50") if isinstance(lat.get("ci95_p50"), list) and len(lat["ci95_p50"]) == 2 else [None, None]
+    num, text = _number, _text
+    fields = {
+        "latency_ms_p50": float(lat["p50"]), "latency_ms_p90": float(lat["p90"]), "latency_ms_p95": num(lat.get("p95")),
+        "latency_ms_p99": float(lat["p99"]), "latency_ms_mean": float(lat["mean"]), "latency_ms_std": num(lat.get("std")),
+        "latency_ms_min": num(lat.get("min")), "latency_ms_max": num(lat.get("max")),
+        "latency_ms_p50_ci95_low": num(ci[0]), "latency_ms_p50_ci95_high": num(ci[1]),
+        "latency_ms_samples": [float(v) for v in lat["samples"]], "iterations": result["iterations"],
+        "timed_seconds": num(result.get("timed_seconds")), "truncated": _flag(result.get("truncated")),
+        "threads": _count(result.get("threads")), "load_ms": num(result.get("load_ms")),
+        "first_inference_ms": num(result.get("first_inference_ms")),
+        "runtime_import_ms": num(result.get("runtime_import_ms")),
+        "peak_rss_mb_after_load": num(mem.get("peak_rss_mb_after_load")),
+        "peak_rss_mb_steady": num(mem.get("peak_rss_mb_steady")), "peak_rss_mb": num(mem.get("peak_rss_mb")),
+        "peak_rss_mb_process": num(mem.get("peak_rss_mb_process")), "memory_method": text(mem.get("method")),
+        "energy_mj_per_inference": num(energy.get("energy_mj_per_inference")),
+        "energy_total_mj_per_inference": num(energy.get("energy_total_mj_per_inference")),
+        "energy_error_mj": num(energy.get("energy_error_mj")), "energy_idle_power_mw": num(energy.get("idle_power_mw")),
+        "energy_active_power_mw": num(energy.get("active_power_mw")), "energy_window_s": num(energy.get("window_s")),
+        "energy_status": text(energy.get("status")), "energy_source": text(energy.get("source")),
+        "energy_note": text(energy.get("note")),
+        **_conditions(cond),
+        "device_accuracy": num(acc.get("top1")), "device_eval_samples": _count(acc.get("samples")),
+        "runtime": text(runtime.get("name")), "runtime_version": text(runtime.get("version")),
+        "machine": text(result.get("machine")), "python_version": text(result.get("python")),
+        "op_profile": _op_profile(result.get("op_profile")),
+    }
+    if fields["threads"] is None:  # the row's own thread count stands
+        del fields["threads"]
+    return fields
+
+
+# ---- what a device sends back is untrusted ------------------------------------------------------------
+
+MALFORMED_HINT = ("is the device's 'python' (devices.yaml) running edgekit's agent unchanged? "
+                  "`edgekit devices check NAME` shows what answers there")
+MAX_TEXT = 2000  # characters kept of one string from a device
+
+# C0 and C1 control characters (terminal escapes: ESC, CSI; CR, which overwrites a line) and Unicode
+# direction overrides (text that reads differently than it is); tab and newline stay.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: Any, limit: int | None = None) -> str:
+    """``value`` as text a terminal shows as it is: control characters become visible ``\\x1b``-style
+    escapes, so a device cannot clear a screen, recolour or rewrite what the user reads."""
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", str(value))
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} characters cut)"
+    return text
+
+
+def malformed(field: str, expected: str, got: Any) -> AgentError:
+    shown = printable(repr(got), 80)
+    return AgentError(f"the device's answer is malformed: field '{field}' must be {expected}, got {shown}; "
+                      f"{MALFORMED_HINT}")
+
+
+def _checked_latency(result: Any, max_ms: float | None) -> dict[str, Any]:
+    """The latency block, or AgentError naming the first field that is missing, of the wrong type or absurd."""
+    if not isinstance(result, dict):
+        raise malformed("(top level)", "a JSON object", result)
+    lat = result.get("latency_ms")
+    if not isinstance(lat, dict):
+        raise malformed("latency_ms", "an object", lat)
+    bound = f"[0, {max_ms:g}] (the run's timeout)" if max_ms is not None else ">= 0"
+    samples = lat.get("samples")
+    if not isinstance(samples, list) or not samples or not all(_latency(v, max_ms) for v in samples):
+        bad = next((v for v in samples if not _latency(v, max_ms)), samples) if isinstance(samples, list) else samples
+        raise malformed("latency_ms.samples", f"a non-empty list of latencies, each a number of ms in {bound}", bad)
+    for key in ("p50", "p90", "p99", "mean"):
+        if not _latency(lat.get(key), max_ms):
+            raise malformed(f"latency_ms.{key}", f"a number of ms in {bound}", lat.get(key))
+    low, high = min(samples), max(samples)
+    if not low <= lat["p50"] <= high:
+        raise malformed("latency_ms.p50", f"within the samples' range [{low:g}, {high:g}]", lat["p50"])
+    iterations = result.get("iterations")
+    if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations != len(samples):
+        raise malformed("iterations", f"the number of samples ({len(samples)})", iterations)
+    return lat
+
+
+def _latency(value: Any, max_ms: float | None) -> bool:
+    return _number(value) is not None and value >= 0 and (max_ms is None or value <= max_ms)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number from a device, else None (a string, a list, NaN or infinity is not a figure)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return finite(value)
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def _flag(value: Any) -> bool | None:
+    return value if isinstance(value, bool) else None
+
+
+def _text(value: Any) -> str | None:
+    return printable(value, MAX_TEXT) if isinstance(value, str) else None
+
+
+def _texts(value: Any) -> list[str] | None:
+    return [printable(v, MAX_TEXT) for v in value if isinstance(v, str)] if isinstance(value, list) else None
+
+
+def _mapping(result: dict[str, Any], key: str) -> dict[str, Any]:
+    value = result.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+_CONDITION_KINDS = {"noisy": _flag, "noisy_reasons": _texts, "cpu_governor": _text, "throttled": _flag,
+                    "throttled_flags": _texts}
+
+
+def _conditions(cond: dict[str, Any]) -> dict[str, Any]:
+    return {k: _CONDITION_KINDS.get(k, _number)(cond.get(k)) for k in CONDITION_COLUMNS}
+
+
+def _op_profile(profile: Any) -> dict[str, Any] | None:
+    """Per-op times: text made printable, ops without a numeric time dropped (tables format them as numbers)."""
+    if not isinstance(profile, dict):
+        return None
+    clean = {k: _text(v) if isinstance(v, str) else _number(v) if isinstance(v, (int, float)) else None
+             for k, v in profile.items() if isinstance(k, str) and k not in ("ops", "runtime")}
+    runtime = profile.get("runtime")
+    clean["runtime"] = {k: _text(v) for k, v in runtime.items() if isinstance(k, str)} if isinstance(runtime, dict) else None
+    ops = profile.get("ops")
+    clean["ops"] = [{"name": _text(op.get("name")), "type": _text(op.get("type")),
+                     "time_ms": _number(op.get("time_ms")), "share": _number(op.get("share"))}
+                    for op in (ops if isinstance(ops, list) else []) if isinstance(op, dict)
+                    and _number(op.get("time_ms")) is not None and _number(op.get("share")) is not None]
+    return clean
 
 
 EMULATED_NOTE = "emulated CPU (qemu-user): latency is not the real hardware's, meaningless as a timing"

@@ -37,8 +37,18 @@ def _stdout() -> Any:
     return Console() if sys.stdout.isatty() else Console(width=200)
 
 
+def escape(value: Any) -> str:
+    """``value`` for a rich console: markup escaped, control characters (a device's terminal escapes: what a
+    device sends back is untrusted) shown as ``\\x1b``, never sent to the terminal."""
+    from rich.markup import escape as escape_markup
+
+    from edgekit.bench.results import printable
+
+    return escape_markup(printable(value))
+
+
 def _fail(exc: EdgekitError) -> None:
-    _stderr().print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    _stderr().print(f"[bold red]error:[/] {escape(exc)}", markup=True, highlight=False)
     raise SystemExit(2)
 
 
@@ -62,6 +72,41 @@ _trust_option = click.option(
     help="Accept an SSH host key seen for the first time and record it in known_hosts.")
 
 
+_BENCH_OPTIONS = [
+    click.option("--threads", help="Threads for each runtime, or several (1,2,4: a row each). Default: the profile's."),
+    click.option("--min-iterations", type=int, default=50, show_default=True, help="Timed runs at least."),
+    click.option("--min-seconds", "--min-duration", "min_seconds", type=float, default=1.0, show_default=True,
+                 help="Timed seconds at least (MLPerf-style minimum duration; minutes are fine)."),
+    click.option("--warmup-iterations", type=int, default=10, show_default=True),
+    click.option("--warmup-seconds", type=float, default=0.2, show_default=True),
+    click.option("--idle-seconds", type=float, default=0.5, show_default=True,
+                 help="Idle power baseline before each timed window (where a power sensor reads)."),
+    click.option("--external-meter",
+                 help="Command printing joules or watts per call (e.g. 'meter-read --port /dev/ttyUSB0')."),
+    click.option("--no-energy", is_flag=True, help="Do not read energy sensors."),
+    click.option("--profile-ops", is_flag=True, help="Also profile per op (separate pass, after timing)."),
+]
+
+
+def bench_options(f: Any) -> Any:
+    """How hard to measure: the options ``deploy`` and ``bench`` share; :func:`bench_config` reads them."""
+    for option in reversed(_BENCH_OPTIONS):
+        f = option(f)
+    return f
+
+
+def bench_config(threads: str | None, min_iterations: int, min_seconds: float, warmup_iterations: int,
+                 warmup_seconds: float, idle_seconds: float, external_meter: str | None, no_energy: bool,
+                 profile_ops: bool) -> Any:
+    from edgekit import BenchConfig
+
+    return BenchConfig(
+        min_iterations=min_iterations, min_seconds=min_seconds, warmup_iterations=warmup_iterations,
+        warmup_seconds=warmup_seconds, threads=_thread_counts(threads), idle_seconds=idle_seconds,
+        external_meter=shlex.split(external_meter) if external_meter else None, energy=not no_energy,
+        profile_ops=profile_ops)
+
+
 def _csv(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
@@ -77,17 +122,7 @@ def _csv(value: str | None) -> list[str] | None:
 @click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
 @click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
               help="Compress by this recipe YAML first (see `edgekit compress`).")
-@click.option("--threads", help="Threads for each runtime, or several (1,2,4: a row each). Default: the profile's.")
-@click.option("--min-iterations", type=int, default=50, show_default=True, help="Timed runs at least.")
-@click.option("--min-seconds", "--min-duration", "min_seconds", type=float, default=1.0, show_default=True,
-              help="Timed seconds at least (MLPerf-style minimum duration; minutes are fine).")
-@click.option("--warmup-iterations", type=int, default=10, show_default=True)
-@click.option("--warmup-seconds", type=float, default=0.2, show_default=True)
-@click.option("--idle-seconds", type=float, default=0.5, show_default=True,
-              help="Idle power baseline before each timed window (where a power sensor reads).")
-@click.option("--external-meter", help="Command printing joules or watts per call (e.g. 'meter-read --port /dev/ttyUSB0').")
-@click.option("--no-energy", is_flag=True, help="Do not read energy sensors.")
-@click.option("--profile-ops", is_flag=True, help="Also profile per op (separate pass, after timing).")
+@bench_options
 @click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
 @click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
@@ -102,15 +137,10 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
            jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
            as_json: bool) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
-    from edgekit import BenchConfig
-
     console = _stderr()
     try:
-        config = BenchConfig(
-            min_iterations=min_iterations, min_seconds=min_seconds, warmup_iterations=warmup_iterations,
-            warmup_seconds=warmup_seconds, threads=_thread_counts(threads), idle_seconds=idle_seconds,
-            external_meter=shlex.split(external_meter) if external_meter else None, energy=not no_energy,
-            profile_ops=profile_ops)
+        config = bench_config(threads, min_iterations, min_seconds, warmup_iterations, warmup_seconds, idle_seconds,
+                              external_meter, no_energy, profile_ops)
         with console.status("starting") as status:
             df = edgekit.deploy(
                 model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
@@ -132,6 +162,8 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
 def emit_rows(df: Any, out_file: str | None, as_json: bool) -> bool:
     """Write ``--out`` (parquet) and, with ``--json``, print the rows; True when stdout is done."""
     if out_file:
+        from edgekit.bench.store import write_parquet
+
         write_parquet(df, Path(out_file))
     if as_json:
         click.echo(json.dumps(_json_rows(df), indent=2))
@@ -149,7 +181,6 @@ def _thread_counts(text: str | None) -> tuple[int, ...] | None:
 
 def _print_ops(df: Any, top: int = 8) -> None:
     """The slowest ops of each artifact, or why its runtime gave no per-op profile."""
-    from rich.markup import escape
     from rich.table import Table
 
     from edgekit.bench.results import op_table
@@ -165,20 +196,12 @@ def _print_ops(df: Any, top: int = 8) -> None:
             continue
         sel = ops[(ops["target"] == row["target"]) & (ops["precision"] == row["precision"]) &
                   (ops["threads"] == row["threads"])].head(top)
-        table = Table(title=f"slowest ops: {name}")
+        table = Table(title=escape(f"slowest ops: {name}"))
         for col in ("op", "type", "time_ms", "share"):
             table.add_column(col)
         for _, op in sel.iterrows():
             table.add_row(escape(str(op["op"])), escape(str(op["type"])), f"{op['time_ms']:.4f}", f"{100 * op['share']:.1f} %")
         console.print(table)
-
-
-def write_parquet(df: Any, path: Path) -> None:
-    """Write atomically: a crash never leaves a half-written file under the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 def _json_rows(df: Any) -> list[dict[str, Any]]:
@@ -219,12 +242,11 @@ def _fmt(col: str, v: Any) -> str:
 
 
 def _print_table(df: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     first = df.iloc[0] if len(df) else None
     title = f"{first['model']} on {first['device']} (profile {first['profile']})" if first is not None else "no rows"
-    table = Table(title=title)
+    table = Table(title=escape(title))
     for _, head in TABLE_COLUMNS:
         table.add_column(head, justify="right" if head not in ("target", "prec") else "left")
     for _, row in df.iterrows():
@@ -241,7 +263,7 @@ def _print_table(df: Any) -> None:
         console.print(f"[yellow]noisy runs:[/] {escape('; '.join(reasons))}")
     for _, row in df.iterrows():
         if row["error"]:
-            console.print(f"[red]{escape(row['target'])} {escape(row['precision'])}:[/] {escape(str(row['error']))}")
+            console.print(f"[red]{escape(row['target'])} {escape(row['precision'])}:[/] {escape(row['error'])}")
         elif not row["parity_ok"]:
             console.print(f"[yellow]{escape(row['target'])} {escape(row['precision'])} is out of tolerance, not "
                           f"recommended:[/] {escape(str(row['parity_failures']))}")
@@ -299,11 +321,10 @@ def devices_check(name: str, profile: str | None, devices_file: str | None, trus
 
 
 def _print_check(check: Any) -> None:
-    from rich.markup import escape
     from rich.table import Table
 
     info = check.info
-    table = Table(title=f"device {check.device} ({check.kind}, profile {check.profile})", show_header=False)
+    table = Table(title=escape(f"device {check.device} ({check.kind}, profile {check.profile})"), show_header=False)
     table.add_column("fact")
     table.add_column("value")
     ram = info.get("mem_total_mib")
@@ -380,10 +401,9 @@ def _print_rows(rows: list[dict[str, Any]], as_json: bool, title: str) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=escape(title))
     keys = [k for k in (rows[0] if rows else []) if k != "source"]  # paths make the table unreadable; --json has them
     for key in keys:
         table.add_column(key)

@@ -147,7 +147,8 @@ def _check_forward(spec: ModelSpec) -> None:
     except Exception as exc:
         raise ModelError(
             f"model {spec.name!r}: forward failed on the example inputs "
-            f"{[tuple(t.shape) for t in spec.example_inputs]}: {type(exc).__name__}: {exc}"
+            f"{[tuple(t.shape) for t in spec.example_inputs]}: {type(exc).__name__}: {exc}. Pass inputs the model "
+            "takes (--input-shape, or example_inputs), or fix its forward"
         ) from exc
 
 

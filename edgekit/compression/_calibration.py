@@ -39,7 +39,13 @@ def load_calibration_file(path: Path | str, example: Inputs) -> list[Inputs]:
         raise
     except Exception as exc:
         raise CalibrationError(f"{path}: cannot read calibration data ({type(exc).__name__}: {exc})") from exc
-    return split_samples(arrays, example, source=str(path))
+    samples = split_samples(arrays, example, source=str(path))
+    for i, (arr, ex) in enumerate(zip(arrays, example)):
+        if arr.dtype != ex.dtype:
+            raise CalibrationError(f"{path}: input {i} has dtype {arr.dtype}; the model takes {ex.dtype}. Convert "
+                                   f"the data (numpy: .astype({str(ex.dtype).replace('torch.', 'np.')})) and save "
+                                   "it again")
+    return samples
 
 
 def _npz_order(key: str) -> tuple[int, str]:

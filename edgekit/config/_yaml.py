@@ -57,12 +57,15 @@ def validate(model: type[M], data: Any, *, path: Path, lines: dict[_Path, int], 
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise config_error_from(exc, path=path, lines=lines, base=base) from exc
+        raise config_error_from(exc, path=path, lines=lines, base=base, data=data) from exc
 
 
-def config_error_from(exc: ValidationError, *, path: Path, lines: dict[_Path, int], base: _Path = ()) -> ConfigError:
+def config_error_from(exc: ValidationError, *, path: Path, lines: dict[_Path, int], base: _Path = (),
+                      data: Any = None) -> ConfigError:
     err = exc.errors()[0]
-    loc = tuple(err["loc"])
+    loc = _yaml_path(data, tuple(err["loc"])) if data is not None else tuple(err["loc"])
+    if err["type"] == "union_tag_invalid":  # point at the `kind:` line, not the entry's first
+        loc += (str(err.get("ctx", {}).get("discriminator", "")).strip("'"),)
     full = base + loc
     line = _closest_line(lines, full)
     field = ".".join(str(p) for p in full) or "(top level)"
@@ -77,6 +80,24 @@ def config_error_from(exc: ValidationError, *, path: Path, lines: dict[_Path, in
         msg += f" (+{more} more error{'s' if more > 1 else ''})"
     source = f"{path}:{line}" if line else str(path)
     return ConfigError(msg, source=source, field=field)
+
+
+def _yaml_path(data: Any, loc: _Path) -> _Path:
+    """pydantic's error location as a path in the YAML: without the tags of discriminated unions
+    (``devices.0.ssh.port`` is ``devices.0.port`` in the file)."""
+    out: list[Any] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and i + 1 < len(loc) and loc[i + 1] in node:
+            continue  # a union's tag: not in the file
+        else:
+            return (*out, *loc[i:])
+        out.append(part)
+    return tuple(out)
 
 
 def _closest_line(lines: dict[_Path, int], loc: _Path) -> int | None:

@@ -94,14 +94,15 @@ def load_devices(path: Path | str | None = None) -> dict[str, LocalDevice | SshD
                 raise ConfigError(_SECRETS_HINT, source=f"{file}:{lines.get(('devices', i, key), '?')}",
                                   field=f"devices.{i}.{key}")
     parsed = validate(DeviceFile, data, path=file, lines=lines)
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, dev in enumerate(parsed.devices):
         if dev.name in seen:
+            first = lines.get(("devices", seen[dev.name], "name"), "?")
             raise ConfigError(
-                f"duplicate device name {dev.name!r}; names must be unique",
+                f"duplicate device name {dev.name!r}; names must be unique: rename this one or the one at line {first}",
                 source=f"{file}:{lines.get(('devices', i, 'name'), '?')}", field=f"devices.{i}.name",
             )
-        seen.add(dev.name)
+        seen[dev.name] = i
         devices[dev.name] = dev
     return devices
 

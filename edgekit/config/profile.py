@@ -114,7 +114,31 @@ def list_profiles(extra_dir: Path | str | None = None) -> dict[str, Profile]:
 
 def load_profile(name_or_path: str | Path | Profile, extra_dir: Path | str | None = None) -> Profile:
     """A profile by name (``pi4``) or by path to a YAML file; unknown names list the valid ones."""
-    return PROFILES.get(name_or_path, extra_dir)
+    profile = PROFILES.get(name_or_path, extra_dir)
+    check_targets(profile)
+    return profile
+
+
+def check_targets(profile: Profile) -> None:
+    """Every target the profile names exists: else a ConfigError naming the profile's file, line and field
+    now, rather than an unknown target later, in the middle of an export."""
+    from difflib import get_close_matches
+
+    from edgekit.config._yaml import read_yaml
+    from edgekit.config.target import list_targets
+
+    known = list_targets()
+    for i, name in enumerate(profile.targets):
+        if name in known or name.endswith((".yaml", ".yml")) and Path(name).is_file():
+            continue
+        close = get_close_matches(name, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        source = profile.source
+        if source and Path(source).is_file():
+            source = f"{source}:{read_yaml(Path(source))[1].get(('targets', i), '?')}"
+        raise ConfigError(f"profile {profile.name!r} names unknown target {name!r}; valid: {', '.join(sorted(known))}"
+                          f"{hint}. Fix the name, or add {name}.yaml to a folder in $EDGEKIT_TARGETS (--targets-dir)",
+                          source=source, field=f"targets.{i}")
 
 
 def host_profile(extra_dir: Path | str | None = None, arch: str | None = None) -> Profile:

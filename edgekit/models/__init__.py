@@ -102,12 +102,33 @@ def _from_pt2(path: Path, given: Inputs | None, shapes: list[tuple[int, ...]], n
     try:
         ep = torch.export.load(str(path))
     except Exception as exc:
+        saved_by = _pt2_torch_version(path)
+        if saved_by and saved_by != torch.__version__:
+            raise ModelError(f"{path}: saved by torch {saved_by}, which this torch {torch.__version__} cannot load "
+                             f"({type(exc).__name__}: {exc}); re-export it with torch.export.save under torch "
+                             f"{torch.__version__}, or install torch {saved_by} here") from exc
         raise ModelError(f"{path}: cannot load as a torch.export program ({type(exc).__name__}: {exc}); "
                          f"re-save it with torch.export.save under torch {torch.__version__}") from exc
     if given is None and not shapes and ep.example_inputs is not None:
         args, _kwargs = ep.example_inputs
         given = tuple(args)
     return _spec(name or path.stem, _ExportedModule(ep.module()), given, shapes, origin=f"torch.export file {path}")
+
+
+def _pt2_torch_version(path: Path) -> str | None:
+    """The torch version a ``.pt2`` archive says wrote it (``models/*.json`` inside the zip), if it says."""
+    import json
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if "/models/" in f"/{name}" and name.endswith(".json"):
+                    version = json.loads(archive.read(name)).get("torch_version")
+                    return str(version) if version else None
+    except (OSError, ValueError, zipfile.BadZipFile, AttributeError):
+        return None
+    return None
 
 
 class _ExportedModule(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""Test helpers: real loopback sshd devices, device-side Python envs and an emulated arm64 device (qemu-user),
-for edgekit's tests and yours.
+"""Test helpers: real loopback sshd devices, devices in network namespaces (links to cut, slow down or make
+lossy; root), device-side Python envs and an emulated arm64 device (qemu-user), for edgekit's tests and yours.
 
 Cheap to import (standard library only). Pytest fixtures: ``pytest_plugins = ["edgekit.testing.pytest_plugin"]``.
 """
@@ -11,11 +11,13 @@ from typing import Any
 
 from edgekit.testing._arm64 import Arm64Unavailable, arm64_root, arm64_unavailable, start_arm64_device
 from edgekit.testing._envs import DEVICE_ENVS, EnvUnavailable, device_python
+from edgekit.testing._netns import NetnsDevice, NetnsUnavailable, netns_unavailable, start_netns_device
 from edgekit.testing._sshd import TestDevice, start_sshd
 
 __all__ = [
-    "DEVICE_ENVS", "Arm64Unavailable", "EnvUnavailable", "TestDevice", "arm64_root", "arm64_unavailable",
-    "device_python", "start_arm64_device", "start_sshd", "write_devices_file",
+    "DEVICE_ENVS", "Arm64Unavailable", "EnvUnavailable", "NetnsDevice", "NetnsUnavailable", "TestDevice",
+    "arm64_root", "arm64_unavailable", "device_python", "netns_unavailable", "start_arm64_device",
+    "start_netns_device", "start_sshd", "write_devices_file",
 ]
 
 

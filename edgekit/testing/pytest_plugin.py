@@ -11,11 +11,13 @@ import pytest
 
 from edgekit.testing._arm64 import arm64_unavailable, start_arm64_device
 from edgekit.testing._envs import EnvUnavailable, device_python
+from edgekit.testing._netns import netns_unavailable, start_netns_device
 from edgekit.testing._sshd import SSHD, TestDevice, start_sshd
 
 SSHD_MISSING = "sshd not installed: apt-get install -y openssh-server (.ci/run does this)"
 REQUIRE_SSHD = "EDGEKIT_REQUIRE_SSHD"  # set (as .ci/run does): a missing sshd fails the ssh tests
 REQUIRE_ARM64 = "EDGEKIT_REQUIRE_ARM64"  # set (as .ci/run does): a machine that cannot emulate arm64 fails
+REQUIRE_NETNS = "EDGEKIT_REQUIRE_NETNS"  # set (as .ci/run does): no root / ip / nft fails the netns tests
 
 DeviceFactory = Callable[..., TestDevice]
 
@@ -110,3 +112,23 @@ def arm64_device_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
 def arm64_session_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
     """Like ``arm64_device_factory`` but devices live until the end of the session."""
     yield from _arm64_factory(tmp_path_factory)
+
+
+@pytest.fixture
+def netns_device_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
+    """``make(name="dev", env="host", **kw) -> NetnsDevice``: a real sshd in a network namespace of its own behind
+    a veth link the test can cut, rate-limit or make lossy (see ``edgekit.testing._netns``); it, its namespace and
+    its link are removed after the test. Skips saying why without root, ``ip`` or ``nft``; fails there instead
+    when $EDGEKIT_REQUIRE_NETNS is set.
+    """
+    _require(netns_unavailable(), REQUIRE_NETNS)
+
+    def start(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
+        if "python" not in kw:
+            try:
+                kw["python"] = device_python(env)
+            except EnvUnavailable as exc:
+                pytest.skip(str(exc))
+        return start_netns_device(tmp_path_factory.mktemp(f"netns-{name}"), name=name, **kw)
+
+    yield from _stopping(start)

@@ -149,7 +149,7 @@ def connect(device: SshDevice) -> "paramiko.SSHClient":
     except (paramiko.SSHException, OSError, EOFError) as exc:
         client.close()
         raise DeviceError(f"SSH handshake with {device.host}:{device.port} failed: {type(exc).__name__}: {exc}",
-                          device=device.name) from exc
+                          device=device.name, transient=True) from exc
     transport = client.get_transport()
     assert transport is not None
     transport.set_keepalive(KEEPALIVE_SECONDS)
@@ -162,12 +162,12 @@ def _open_socket(device: SshDevice) -> socket.socket:
         sock = socket.create_connection((device.host, device.port), timeout=device.connect_timeout)
     except ConnectionRefusedError as exc:
         raise DeviceError(f"connection refused by {where}: is sshd running there, and is the port right?",
-                          device=device.name) from exc
+                          device=device.name, transient=True) from exc
     except socket.timeout as exc:
         raise DeviceError(f"no answer from {where} within {device.connect_timeout:g} s (device off, wrong "
-                          "address, or a firewall)", device=device.name) from exc
+                          "address, or a firewall)", device=device.name, transient=True) from exc
     except OSError as exc:
-        raise DeviceError(f"cannot reach {where}: {exc}", device=device.name) from exc
+        raise DeviceError(f"cannot reach {where}: {exc}", device=device.name, transient=True) from exc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     if hasattr(socket, "TCP_USER_TIMEOUT"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
@@ -223,7 +223,7 @@ class SshTransport(Transport):
             out, err, code = self._exec(command, timeout, stdin, argv)
         except (OSError, EOFError) as exc:  # paramiko raises socket errors and EOFError on a dead link
             raise DeviceError(f"connection lost while running {argv[0]}: {type(exc).__name__}: {exc}",
-                              device=self.device_name) from exc
+                              device=self.device_name, transient=True) from exc
         _, err = _split_pid(err)
         if code == -1 and not err.strip() and not out:
             err = "no exit status: the command was killed by a signal or the connection dropped"
@@ -233,7 +233,7 @@ class SshTransport(Transport):
               argv: list[str]) -> tuple[str, str, int]:
         transport = self.client.get_transport()
         if transport is None or not transport.is_active():
-            raise DeviceError("the SSH connection is closed", device=self.device_name)
+            raise DeviceError("the SSH connection is closed", device=self.device_name, transient=True)
         chan = transport.open_session(timeout=self.device.connect_timeout)
         try:
             chan.exec_command(command)
@@ -263,7 +263,12 @@ class SshTransport(Transport):
                                      command=argv, stdout=_decode(out), stderr=_decode(err))
                 if not busy:
                     time.sleep(0.005)
-            return _decode(out), _decode(err), chan.recv_exit_status()
+            code = chan.recv_exit_status()
+            if code == -1 and not transport.is_active():
+                # paramiko closes a dead transport's channels as if they had ended: without this, a dropped
+                # link would look like a command killed by a signal (not retried) instead of a lost connection
+                raise EOFError("the SSH connection dropped before the command's exit status arrived")
+            return _decode(out), _decode(err), code
         finally:
             chan.close()
 

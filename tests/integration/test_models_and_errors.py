@@ -90,7 +90,8 @@ def test_calibration_errors_name_the_problem(tmp_path: Path) -> None:
 
 
 def test_model_whose_forward_fails_is_refused() -> None:
-    with pytest.raises(ModelError, match=r"forward failed on the example inputs \[\(1, 3\)\]"):
+    with pytest.raises(ModelError, match=r"forward failed on the example inputs \[\(1, 3\)\]: RuntimeError: .*"
+                                         r"Pass inputs the model takes \(--input-shape, or example_inputs\)"):
         edgekit.compress(small_cnn(), "x86", example_inputs=torch.randn(1, 3))
 
 

@@ -301,6 +301,7 @@ def test_a_killed_agent_is_that_artifacts_row_and_the_next_one_runs(
     rows = _by_target(df)
     assert killed, "the agent was never seen running"
     assert "killed" in rows[("tflite", "fp32")]["error"] and "edgekit-agent" in rows[("tflite", "fp32")]["error"]
+    assert "OOM killer" in rows[("tflite", "fp32")]["error"]  # the likely cause, and where to look (dmesg)
     assert rows[("tflite", "int8")]["error"] is None and rows[("tflite", "int8")]["latency_ms_p50"] > 0
 
 

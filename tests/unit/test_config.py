@@ -153,7 +153,8 @@ def test_devices_file_entries_and_errors(tmp_path: Path) -> None:
           - {name: a, kind: ssh, host: h1}
           - {name: a, kind: ssh, host: h2}
     """)
-    with pytest.raises(ConfigError, match=r"dup.yaml:3: field 'devices.1.name': duplicate device name 'a'"):
+    with pytest.raises(ConfigError, match=r"dup.yaml:3: field 'devices.1.name': duplicate device name 'a'; names "
+                                          r"must be unique: rename this one or the one at line 2"):
         edgekit.load_devices(dup)
     secret = write(tmp_path / "secret.yaml", """
         devices:

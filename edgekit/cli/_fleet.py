@@ -1,0 +1,315 @@
+"""``edgekit bench`` (a model on many devices), ``edgekit results list|show|compare``, ``edgekit report``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import click
+
+import edgekit
+from edgekit.cli._main import (
+    _csv,
+    _fail,
+    _json_rows,
+    _print_rows,
+    _print_table,
+    _stderr,
+    _stdout,
+    _trust_option,
+    bench_config,
+    bench_options,
+    cli,
+    emit_rows,
+    escape,
+)
+from edgekit.errors import EdgekitError
+
+_results_option = click.option(
+    "--results", "results_dir", type=click.Path(file_okay=False),
+    help="Results store (default: $EDGEKIT_RESULTS, else ./edgekit-results).")
+
+
+@cli.command("bench")
+@click.option("--model", help="digits-cnn | mobilenet-v2 | FILE.pt2 | FILE.pt | package.module:function "
+                              "(not needed with --resume)")
+@click.option("--devices", "device_names", help="Comma-separated device names from devices.yaml.")
+@click.option("--tag", "tags", multiple=True, help="Every device with this tag (repeat for several).")
+@click.option("--all", "all_devices", is_flag=True, help="Every registered device (local only when none are).")
+@click.option("--profile", help="One profile for every device (default: each device's own).")
+@click.option("--targets", help="Comma-separated targets (default: each profile's).")
+@click.option("--precisions", help="Comma-separated precisions (default: each profile's).")
+@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
+@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
+@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (trusted files only).")
+@click.option("--recipe", "recipe_file", help="Compress by this recipe (file or built-in name) first.")
+@bench_options
+@click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True, help="Devices at once.")
+@click.option("--device-timeout", type=float, default=1800.0, show_default=True,
+              help="Seconds per device, from when its artifacts are ready.")
+@click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Retries of a device after a connection error (exponential back-off).")
+@_results_option
+@click.option("--resume", "resume_id", help="Finish run RUN_ID: measure only what it is missing.")
+@click.option("--devices-file", type=click.Path(dir_okay=False),
+              help="devices.yaml to use (default: $EDGEKIT_DEVICES, else ./devices.yaml).")
+@_trust_option
+@click.option("--mlflow", "mlflow_uri", help="Also log the run to this MLflow tracking URI.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], all_devices: bool,
+          profile: str | None, targets: str | None, precisions: str | None, calibration: str | None,
+          input_shape: str | None, allow_pickle: bool, recipe_file: str | None, parallel: int,
+          device_timeout: float, retries: int, results_dir: str | None, resume_id: str | None,
+          devices_file: str | None, trust_new_host: bool, mlflow_uri: str | None, report_file: str | None,
+          out_file: str | None, as_json: bool, **measure: Any) -> None:
+    """Benchmark MODEL on many devices at once; every row is stored as it arrives (see `edgekit results`).
+
+    Exit status 1 when a device failed (its row says where and why), 130 when interrupted: finish the run
+    with --resume RUN_ID.
+    """
+    from edgekit import FleetConfig
+
+    if not resume_id and not model:
+        raise click.UsageError("give --model (or --resume RUN_ID)")
+    progress = _Progress()
+    _sigterm_interrupts()
+    try:
+        config = bench_config(**measure)
+        fleet = FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries)
+        with progress:
+            result = edgekit.bench(
+                model, _csv(device_names), tags=list(tags), all_devices=all_devices, profile=profile,
+                targets=_csv(targets), precisions=_csv(precisions), calibration=calibration, input_shape=input_shape,
+                allow_pickle=allow_pickle, recipe=recipe_file, config=config, fleet=fleet,
+                devices_file=devices_file, results=results_dir, resume=resume_id, trust_new_host=trust_new_host,
+                mlflow=mlflow_uri, on_progress=progress.update)
+    except KeyboardInterrupt:
+        run = progress.run_hint(results_dir)
+        _stderr().print(f"[yellow]interrupted[/]: every finished row is stored; finish with "
+                        f"edgekit bench --resume {run}", markup=True, highlight=False)
+        raise SystemExit(130) from None
+    except EdgekitError as exc:
+        _fail(exc)
+    if report_file:
+        _write_report(result.df, result.run_dir, Path(report_file))
+    if not emit_rows(result.df, out_file, as_json):
+        _print_fleet(result)
+    raise SystemExit(0 if not result.failed else 1)
+
+
+def _sigterm_interrupts() -> None:
+    """SIGTERM (a CI job cancelled, a service stopped) ends the run like Ctrl-C: rows kept, run finalized."""
+    import signal
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
+class _Progress:
+    """Each device's stage: a live table on a terminal, a line per change otherwise (CI logs)."""
+
+    def __init__(self) -> None:
+        self.state: dict[str, tuple[str, str, float]] = {}
+        self.lock = threading.Lock()
+        self.live: Any = None
+        self.tty = sys.stderr.isatty()
+
+    def __enter__(self) -> "_Progress":
+        if self.tty:
+            from rich.live import Live
+
+            self.live = Live(get_renderable=self.table, console=_stderr(), refresh_per_second=4, transient=True)
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.live is not None:
+            self.live.__exit__(*exc)
+
+    def update(self, device: str | None, stage: str, detail: str) -> None:
+        from edgekit.bench.results import printable
+
+        name = device or stage  # host-side work (an export) shows under its own name, its stage is its message
+        stage = stage if device else "working"
+        with self.lock:
+            before = self.state.get(name, ("", "", 0.0))
+            self.state[name] = (stage, detail, before[2] or time.monotonic())
+        if not self.tty and before[0] != stage:
+            click.echo(printable(f"[{name}] {stage} {detail}".rstrip()), err=True)
+
+    def table(self) -> Any:
+        from rich.table import Table
+
+        table = Table(title="edgekit bench")
+        for col in ("device", "stage", "detail", "s"):
+            table.add_column(col)
+        colour = {"done": "green", "failed": "red", "retrying": "yellow", "timeout": "red"}
+        with self.lock:
+            items = list(self.state.items())
+        for name, (stage, detail, since) in items:
+            style = colour.get(stage, "")
+            table.add_row(escape(name), f"[{style}]{escape(stage)}[/]" if style else escape(stage),
+                          escape(detail[:80]), f"{time.monotonic() - since:.0f}")
+        return table
+
+    def run_hint(self, results_dir: str | None) -> str:
+        from edgekit.bench.store import list_runs
+
+        runs = list_runs(results_dir)
+        return str(runs.iloc[0]["run_id"]) if len(runs) else "RUN_ID"
+
+
+def _print_fleet(result: Any) -> None:
+    from rich.table import Table
+
+    df = result.df
+    table = Table(title=escape(f"run {result.run_id}"))
+    for col in ("device", "profile", "status", "rows", "best artifact", "p50 ms", "tries", "s"):
+        table.add_column(col)
+    for name, out in result.items():
+        best = df[(df["device"] == name) & df["recommended"].astype(bool)]
+        art, p50 = "-", "-"
+        if len(best):
+            b = best.iloc[0]
+            art, p50 = f"{b['target']} {b['precision']} t{int(b['threads'])}", f"{b['latency_ms_p50']:.3g}"
+        status = "[green]ok[/]" if out.ok else f"[red]failed ({escape(out.stage)})[/]"
+        measured = int(((df["device"] == name) & df["error"].isna()).sum())
+        table.add_row(escape(name), escape(out.profile), status, str(measured), escape(art), p50,
+                      str(out.attempts), f"{out.seconds:.0f}")
+    console = _stdout()
+    console.print(table)
+    for name, out in result.failed.items():
+        console.print(f"[red]{escape(name)}[/]: {escape(str(out.error))}")
+    bad = df[df["error"].notna() & df["target"].notna()]
+    for _, row in bad.iterrows():
+        console.print(f"[yellow]{escape(str(row['device']))} {escape(str(row['target']))} "
+                      f"{escape(str(row['precision']))}[/]: {escape(str(row['error']).splitlines()[0])}")
+    console.print(f"stored in {escape(str(result.run_dir))}: edgekit results show {result.run_id} | "
+                  f"edgekit report {result.run_id} -o report.html", highlight=False)
+
+
+@cli.group()
+def results() -> None:
+    """Stored fleet runs: list, show, compare."""
+
+
+@results.command("list")
+@_results_option
+@click.option("--json", "as_json", is_flag=True)
+def results_list(results_dir: str | None, as_json: bool) -> None:
+    """Runs, newest first."""
+    from edgekit.bench.store import list_runs, results_dir as default_dir
+
+    _print_rows(_json_rows(list_runs(results_dir)), as_json, f"runs in {default_dir(results_dir)}")
+
+
+@results.command("show")
+@click.argument("run_id")
+@_results_option
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
+@click.option("--json", "as_json", is_flag=True)
+def results_show(run_id: str, results_dir: str | None, out_file: str | None, as_json: bool) -> None:
+    """A run's rows, a table per device."""
+    from edgekit.bench.store import Run
+
+    try:
+        run = Run.open(run_id, results_dir)
+        df, meta = run.rows(), run.meta
+    except EdgekitError as exc:
+        _fail(exc)
+    if emit_rows(df, out_file, as_json):
+        return
+    console = _stdout()
+    console.print(escape(f"run {run_id}: {meta.get('status')}, model {meta.get('model')}, started "
+                         f"{meta.get('started')}, ended {meta.get('ended') or '-'}"), highlight=False)
+    for device in dict.fromkeys(df["device"]):
+        _print_table(df[df["device"] == device].reset_index(drop=True))
+
+
+@results.command("compare")
+@click.argument("run_a")
+@click.argument("run_b")
+@_results_option
+@click.option("--all", "show_all", is_flag=True, help="Also show changes within noise.")
+@click.option("--fail-on-regression", is_flag=True, help="Exit status 1 when B regressed anywhere.")
+@click.option("--json", "as_json", is_flag=True)
+def results_compare(run_a: str, run_b: str, results_dir: str | None, show_all: bool, fail_on_regression: bool,
+                    as_json: bool) -> None:
+    """RUN_B against RUN_A: flags a change only where it exceeds the measurements' own 95 % interval."""
+    from edgekit.bench.compare import compare_runs, regressions
+
+    try:
+        cmp = compare_runs(edgekit.load_run(run_a, results_dir), edgekit.load_run(run_b, results_dir))
+    except EdgekitError as exc:
+        _fail(exc)
+    if as_json:
+        click.echo(json.dumps(_json_rows(cmp), indent=2))
+    else:
+        _print_compare(cmp, run_a, run_b, show_all)
+    raise SystemExit(1 if fail_on_regression and len(regressions(cmp)) else 0)
+
+
+def _print_compare(cmp: Any, run_a: str, run_b: str, show_all: bool) -> None:
+    from rich.table import Table
+
+    shown = cmp if show_all else cmp[~cmp["verdict"].isin(["within noise", "same"])]
+    table = Table(title=escape(f"{run_b} against {run_a}"))
+    for col in ("device", "target", "precision", "threads", "metric", "A", "B", "change", "+-95%", "verdict"):
+        table.add_column(col)
+    colour = {"regression": "red", "improvement": "green"}
+    for _, r in shown.iterrows():
+        verdict = escape(str(r["verdict"]))
+        if r["verdict"] in colour:
+            verdict = f"[{colour[r['verdict']]}]{verdict}[/]"
+        if r["noisy"] is True:
+            verdict += " (noisy)"
+        pct = f" ({r['delta_pct']:+.1f} %)" if r["delta_pct"] is not None and r["delta_pct"] == r["delta_pct"] else ""
+        table.add_row(*[escape(str(r[k])) for k in ("device", "target", "precision")],
+                      str(r["threads"]), escape(str(r["metric"])), _g(r["a"]), _g(r["b"]),
+                      (_g(r["delta"], signed=True) + pct) if r["delta"] == r["delta"] else "-",
+                      _g(r["uncertainty"]), verdict)
+    console = _stdout()
+    console.print(table)
+    counts = cmp["verdict"].value_counts().to_dict()
+    console.print(", ".join(f"{n} {v}" for v, n in counts.items()) or "nothing to compare", highlight=False)
+
+
+def _g(v: Any, signed: bool = False) -> str:
+    if v is None or v != v:
+        return "-"
+    return f"{v:+.4g}" if signed else f"{v:.4g}"
+
+
+@cli.command("report")
+@click.argument("run_id")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
+@click.option("--png-dir", type=click.Path(file_okay=False), help="Where the PNGs go (default: beside the page).")
+@_results_option
+def report(run_id: str, output: str, png_dir: str | None, results_dir: str | None) -> None:
+    """A self-contained HTML page of a run: plots (latency vs accuracy with the Pareto front, latency,
+    memory, energy where measured), the table, failures and device facts; also PNGs."""
+    from edgekit.bench.store import Run
+
+    try:
+        run = Run.open(run_id, results_dir)
+        files = _write_report(run.rows(), run.root, Path(output), png_dir)
+    except EdgekitError as exc:
+        _fail(exc)
+    click.echo(f"{files.html} ({len(files.pngs)} plots; PNGs in {next(iter(files.pngs.values())).parent})"
+               if files.pngs else str(files.html))
+
+
+def _write_report(df: Any, run_dir: Path, output: Path, png_dir: str | None = None) -> Any:
+    from edgekit.bench.report import write_report
+    from edgekit.bench.store import Run
+
+    return write_report(df, Run(run_dir).meta, output, png_dir=Path(png_dir) if png_dir else None)
