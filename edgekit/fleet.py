@@ -272,11 +272,13 @@ def _file_sha(path: str | None) -> str | None:
 
 def _state_sha256(module: Any) -> str:
     """What the exported weights were: a hash over the state dict (names, dtypes, shapes, bytes)."""
+    import torch
+
     h = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         t = tensor.detach().cpu().contiguous()
         h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update(t.numpy().tobytes() if t.dtype.is_floating_point or t.dtype.is_signed else bytes(t.flatten().tolist()))
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())  # numpy has no bfloat16
     return h.hexdigest()
 
 
