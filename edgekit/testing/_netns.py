@@ -26,22 +26,19 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import getpass
 import ipaddress
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 from edgekit.testing._envs import EnvUnavailable
-from edgekit.testing._sshd import SSHD, TestDevice, _config, _live, _run_cleanups, _sshd_version, _terminate
+from edgekit.testing._sshd import SSHD, TestDevice, _terminate, launch_sshd
 
 SUBNET = ipaddress.ip_network("10.213.0.0/16")
 ROUTE_PROTO = "213"  # marks the blackhole route as edgekit's: only such a route is ever removed
@@ -50,7 +47,6 @@ HOST_IF, DEV_IF = "ekh", "ekd"
 LOCK_FILE = Path("/run/edgekit-netns.lock")
 SSH_PORT = 22
 SETUP_HINT = "run as root with iproute2, tc and nftables installed: apt-get install -y iproute2 nftables"
-_BANNER_TIMEOUT = 10.0
 _CMD_TIMEOUT = 30.0
 
 
@@ -238,44 +234,11 @@ def start_netns_device(
         raise NetnsUnavailable(reason)
     root = Path(root).resolve()
     ns = Netns.create()
-    cleanups = [ns.delete]
-    proc: subprocess.Popen[bytes] | None = None
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # "Missing privilege separation directory"
-        user = user or getpass.getuser()
-        host_key, client_key = root / "ssh_host_ed25519_key", root / "id_ed25519"
-        for key in (host_key, client_key):
-            if not key.exists():
-                subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"edgekit-{name}", "-f",
-                                str(key)], check=True, capture_output=True, timeout=30)
-        (root / "authorized_keys").write_text(Path(f"{client_key}.pub").read_text())
-        host_pub = " ".join(Path(f"{host_key}.pub").read_text().split()[:2])
-        (root / "workdir").mkdir(exist_ok=True)
-        tag = uuid.uuid4().hex
-        cfg = _config(root, SSH_PORT, user, host_key, tag, str, _sshd_version((SSHD,)))
-        cfg, n = re.subn(r"(?m)^ListenAddress .*$", f"ListenAddress {ns.dev_addr}", cfg)
-        assert n == 1, "sshd config without a ListenAddress line"
-        (root / "sshd_config").write_text(cfg)
-        with open(root / "sshd.log", "wb") as err:
-            proc = subprocess.Popen([*ns.exec_argv(), SSHD, "-D", "-e", "-f", str(root / "sshd_config")],
-                                    stdin=subprocess.DEVNULL, stdout=err, stderr=err)
-        if not _wait_banner(proc, ns.dev_addr, SSH_PORT):
-            tail = "\n".join((root / "sshd.log").read_text(errors="replace").strip().splitlines()[-20:])
-            raise RuntimeError(f"sshd for netns test device {name!r} did not come up in {ns.name}:\n{tail}")
-        (root / "known_hosts").write_text(f"{ns.dev_addr} {host_pub}\n")
-        dev = NetnsDevice(name=name, host=ns.dev_addr, port=SSH_PORT, user=user, identity_file=client_key,
-                          known_hosts=root / "known_hosts", workdir=root / "workdir",
-                          python=python or sys.executable, root=root, process=proc, profile=profile,
-                          tags=list(tags or []), tag=tag, cleanups=cleanups, netns=ns)
-        _live.add(dev)
-        return dev
-    except BaseException:
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait(timeout=5)
-        _run_cleanups(cleanups)
-        raise
+    dev = launch_sshd(root, name=name, python=python or sys.executable, user=user, profile=profile, tags=tags,
+                      sshd=(*ns.exec_argv(), SSHD), host=ns.dev_addr, port=SSH_PORT, cleanups=[ns.delete],
+                      device_cls=NetnsDevice, extra={"netns": ns})
+    assert isinstance(dev, NetnsDevice)
+    return dev
 
 
 # ---- internals -------------------------------------------------------------------------------------------
@@ -379,18 +342,3 @@ def _clean_stale() -> None:
             _remove(ns, int(m.group(2)))
 
 
-def _wait_banner(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float = _BANNER_TIMEOUT) -> bool:
-    """True once sshd at ``host:port`` sends ``SSH-``; False if it exits or stays silent for ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=2.0) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    s.sendall(b"SSH-2.0-edgekit-probe\r\n")
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.02)
-    return False

@@ -165,17 +165,23 @@ def launch_sshd(
     device_root: str | None = None,
     cleanups: list[Callable[[], None]] | None = None,
     banner_timeout: float = _BANNER_TIMEOUT,
+    host: str = HOST,
+    port: int | None = None,
+    device_cls: type[TestDevice] = TestDevice,
+    extra: dict[str, Any] | None = None,
 ) -> TestDevice:
-    """Keys, config and workdir under ``root``; ``sshd`` (an argv prefix) started on a free loopback port.
+    """Keys, config and workdir under ``root``; ``sshd`` (an argv prefix) started on ``host``, on ``port`` or
+    a free one.
 
     A device in a root filesystem of its own passes the argv that runs that root's sshd there and
-    ``device_root``, where that sshd sees ``root``; ``cleanups`` run when the device stops, or here if it never
-    starts.
+    ``device_root``, where that sshd sees ``root``; a device in a network namespace passes the argv that enters
+    it and its address. ``cleanups`` run when the device stops, or here if it never starts; the device is a
+    ``device_cls`` built with ``extra`` fields too.
     """
     cleanups = list(cleanups or [])
     try:
         return _launch(Path(root).resolve(), name, python, user or getpass.getuser(), profile, tags, list(sshd),
-                       device_root, cleanups, banner_timeout)
+                       device_root, cleanups, banner_timeout, host, port, device_cls, extra or {})
     except BaseException:
         _run_cleanups(cleanups)
         raise
@@ -183,9 +189,10 @@ def launch_sshd(
 
 def _launch(root: Path, name: str, python: str, user: str, profile: str | None, tags: list[str] | None,
             sshd: list[str], device_root: str | None, cleanups: list[Callable[[], None]],
-            banner_timeout: float) -> TestDevice:
+            banner_timeout: float, host: str, fixed_port: int | None, device_cls: type[TestDevice],
+            extra: dict[str, Any]) -> TestDevice:
     root.mkdir(parents=True, exist_ok=True)
-    if os.geteuid() == 0 and sshd == [SSHD] and not Path("/run/sshd").is_dir():
+    if os.geteuid() == 0 and device_root is None and not Path("/run/sshd").is_dir():
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # "Missing privilege separation directory"
     host_key, client_key = root / "ssh_host_ed25519_key", root / "id_ed25519"
     for key in (host_key, client_key):
@@ -200,20 +207,21 @@ def _launch(root: Path, name: str, python: str, user: str, profile: str | None, 
     device = (lambda p: str(p)) if device_root is None else (lambda p: f"{device_root}/{p.relative_to(root)}")
 
     last_error = ""
-    for _ in range(_BIND_RETRIES):
-        port = _free_port()
+    for _ in range(1 if fixed_port else _BIND_RETRIES):
+        port = fixed_port or _free_port()
         cfg = root / "sshd_config"
-        cfg.write_text(_config(root, port, user, host_key, tag, device, _sshd_version(tuple(sshd))))
+        cfg.write_text(_config(root, host, port, user, host_key, tag, device, _sshd_version(tuple(sshd))))
         log = root / "sshd.log"
         with open(log, "wb") as err:  # the child keeps its own copy of the fd
             proc = subprocess.Popen([*sshd, "-D", "-e", "-f", device(cfg)], stdin=subprocess.DEVNULL,
                                     stdout=err, stderr=err)
-        if _wait_banner(proc, port, banner_timeout):
-            (root / "known_hosts").write_text(f"[{HOST}]:{port} {host_pub}\n")
-            dev = TestDevice(name=name, host=HOST, port=port, user=user, identity_file=client_key,
+        if _wait_banner(proc, host, port, banner_timeout):
+            alias = host if port == 22 else f"[{host}]:{port}"  # how OpenSSH names it in known_hosts
+            (root / "known_hosts").write_text(f"{alias} {host_pub}\n")
+            dev = device_cls(name=name, host=host, port=port, user=user, identity_file=client_key,
                              known_hosts=root / "known_hosts", workdir=workdir, python=python,
                              root=root, process=proc, profile=profile, tags=list(tags or []), tag=tag,
-                             device_root=device_root, cleanups=cleanups)
+                             device_root=device_root, cleanups=cleanups, **extra)
             _live.add(dev)
             return dev
         if proc.poll() is None:
@@ -238,10 +246,10 @@ def _run_cleanups(cleanups: list[Callable[[], None]]) -> None:
         raise errors[0]
 
 
-def _config(root: Path, port: int, user: str, host_key: Path, tag: str, device: Callable[[Path], str],
+def _config(root: Path, host: str, port: int, user: str, host_key: Path, tag: str, device: Callable[[Path], str],
             version: tuple[int, int]) -> str:
     lines = [
-        f"ListenAddress {HOST}", f"Port {port}", f"HostKey {device(host_key)}",
+        f"ListenAddress {host}", f"Port {port}", f"HostKey {device(host_key)}",
         f"AuthorizedKeysFile {device(root / 'authorized_keys')}", f"PidFile {device(root / 'sshd.pid')}",
         f"AllowUsers {user}",
         "PubkeyAuthentication yes", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
@@ -270,14 +278,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _wait_banner(proc: subprocess.Popen[bytes], port: int, timeout: float = _BANNER_TIMEOUT) -> bool:
-    """True once sshd sends ``SSH-``; False if it exits or stays silent for ``timeout`` seconds."""
+def _wait_banner(proc: subprocess.Popen[bytes], host: str, port: int, timeout: float = _BANNER_TIMEOUT) -> bool:
+    """True once sshd at ``host:port`` sends ``SSH-``; False if it exits or stays silent for ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             return False
         try:
-            with socket.create_connection((HOST, port), timeout=min(timeout, 5.0)) as s:
+            with socket.create_connection((host, port), timeout=min(timeout, 5.0)) as s:
                 if s.recv(64).startswith(b"SSH-"):
                     s.sendall(b"SSH-2.0-edgekit-probe\r\n")  # else sshd logs an error about the silent client
                     return True

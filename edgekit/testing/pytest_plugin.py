@@ -46,17 +46,22 @@ def _stopping(start: DeviceFactory) -> Iterator[DeviceFactory]:
             dev.stop()
 
 
+def _env_python(env: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """``kw`` with ``python`` set to device env ``env``'s unless given; skips saying why it cannot be built."""
+    if "python" not in kw:
+        try:
+            kw["python"] = device_python(env)
+        except EnvUnavailable as exc:
+            pytest.skip(str(exc))
+    return kw
+
+
 def _factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceFactory]:
     _require(None if Path(SSHD).exists() else SSHD_MISSING, REQUIRE_SSHD)
 
     def start(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
         """Start device ``name`` whose python is device env ``env`` (``python=`` in kw overrides it)."""
-        if "python" not in kw:
-            try:
-                kw["python"] = device_python(env)
-            except EnvUnavailable as exc:
-                pytest.skip(str(exc))
-        return start_sshd(tmp_path_factory.mktemp(f"sshd-{name}"), name=name, **kw)
+        return start_sshd(tmp_path_factory.mktemp(f"sshd-{name}"), name=name, **_env_python(env, kw))
 
     yield from _stopping(start)
 
@@ -124,11 +129,6 @@ def netns_device_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
     _require(netns_unavailable(), REQUIRE_NETNS)
 
     def start(name: str = "dev", env: str = "host", **kw: Any) -> TestDevice:
-        if "python" not in kw:
-            try:
-                kw["python"] = device_python(env)
-            except EnvUnavailable as exc:
-                pytest.skip(str(exc))
-        return start_netns_device(tmp_path_factory.mktemp(f"netns-{name}"), name=name, **kw)
+        return start_netns_device(tmp_path_factory.mktemp(f"netns-{name}"), name=name, **_env_python(env, kw))
 
     yield from _stopping(start)
