@@ -143,18 +143,28 @@ class AgentError(EdgekitError):
         super().__init__("\n".join(parts))
 
 
-# A device's output is untrusted: a tail is bounded (one 200 kB line is still one line) and its control
-# characters (terminal escapes, carriage returns) are shown, not sent to the user's terminal.
+# C0 and C1 control characters (terminal escapes: ESC, CSI; CR, which overwrites a line), zero-width
+# characters and Unicode direction overrides (text that reads differently than it is); tab and newline stay.
+_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _TAIL_CHARS = 4000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(value: object, limit: int | None = None) -> str:
+    """``value`` as text a terminal shows as it is: control characters become visible ``\\x1b``-style
+    escapes, so a device cannot clear a screen, recolour or rewrite what the user reads."""
+    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
+                            else f"\\u{ord(m.group()):04x}", str(value))
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + f"... ({len(text) - limit} characters cut)"
+    return text
 
 
 def _tail(text: str, lines: int = 15) -> str:
+    """The last lines of a device's output, bounded (one 200 kB line is still one line) and printable."""
     tail = "\n".join(text.strip().splitlines()[-lines:])
     if len(tail) > _TAIL_CHARS:
         tail = f"({len(tail) - _TAIL_CHARS} characters cut) ..." + tail[-_TAIL_CHARS:]
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                        else f"\\u{ord(m.group()):04x}", tail)
+    return printable(tail)
 
 
 class ResultsError(EdgekitError):

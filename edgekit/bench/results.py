@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-import re
 from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
 
-from edgekit.errors import AgentError
+from edgekit.errors import AgentError, printable
 
 # Accuracy is a fraction; "one point" is 0.01.
 ACCURACY_BUDGET = 0.01
@@ -106,21 +105,6 @@ def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -
 MALFORMED_HINT = ("is the device's 'python' (devices.yaml) running edgekit's agent unchanged? "
                   "`edgekit devices check NAME` shows what answers there")
 MAX_TEXT = 2000  # characters kept of one string from a device
-
-# C0 and C1 control characters (terminal escapes: ESC, CSI; CR, which overwrites a line) and Unicode
-# direction overrides (text that reads differently than it is); tab and newline stay.
-_UNPRINTABLE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def printable(value: Any, limit: int | None = None) -> str:
-    """``value`` as text a terminal shows as it is: control characters become visible ``\\x1b``-style
-    escapes, so a device cannot clear a screen, recolour or rewrite what the user reads."""
-    text = _UNPRINTABLE.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100
-                            else f"\\u{ord(m.group()):04x}", str(value))
-    if limit is not None and len(text) > limit:
-        text = text[:limit] + f"... ({len(text) - limit} characters cut)"
-    return text
-
 
 def malformed(field: str, expected: str, got: Any) -> AgentError:
     shown = printable(repr(got), 80)
