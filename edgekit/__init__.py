@@ -11,15 +11,13 @@ from edgekit._api import (
     compare_runs,
     compress,
     deploy,
-    device_profile,
     export,
     layer_sensitivity,
     load_run,
     op_table,
     save_model,
 )
-from edgekit._check import DeviceCheck, check_device
-from edgekit.bench.config import BenchConfig, FleetConfig
+from edgekit._version import __version__ as __version__
 from edgekit.config import (
     Backoff,
     Budget,
@@ -34,6 +32,7 @@ from edgekit.config import (
     SshDevice,
     Target,
     TrainSpec,
+    device_profile,
     get_device,
     host_profile,
     list_profiles,
@@ -43,13 +42,14 @@ from edgekit.config import (
     load_recipe,
     load_target,
 )
+from edgekit.config.bench import BenchConfig, BenchRequest, FleetConfig
+from edgekit.device.check import DeviceCheck, check_device
 from edgekit.errors import EdgekitError
-
-__version__ = "0.1.0"
 
 __all__ = [
     "Backoff",
     "BenchConfig",
+    "BenchRequest",
     "Budget",
     "DeviceCheck",
     "Distill",
@@ -88,8 +88,3 @@ __all__ = [
     "op_table",
     "save_model",
 ]
-
-# ``edgekit.bench`` is the fleet verb. Importing edgekit.bench.config above bound the subpackage to that name;
-# bind the verb again. The subpackage (results, store, compare, report) stays importable as
-# ``from edgekit.bench.store import ...``; a test checks both.
-from edgekit._api import bench  # noqa: E402, F811

@@ -5,14 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from edgekit.config.device import LocalDevice, SshDevice, get_device
-from edgekit.config.profile import Profile, host_profile, load_profile
+from edgekit.config.device import LocalDevice, SshDevice, device_profile, get_device, with_trust
+from edgekit.config.profile import Profile
 
 if TYPE_CHECKING:
     import pandas as pd
     import torch
 
-    from edgekit.bench.config import BenchConfig, FleetConfig
+    from edgekit.config.bench import BenchConfig, BenchRequest, FleetConfig
     from edgekit.compression import CompressedModel
     from edgekit.config.recipe import Recipe
     from edgekit.config.target import Target
@@ -73,7 +73,7 @@ def benchmark(
     on_event: Callable[[str], None] | None = None,
 ) -> "pd.DataFrame":
     """Measure artifacts on a device; one row each, the recommended one first."""
-    from edgekit.bench.run import benchmark as _benchmark
+    from edgekit.device.measure import benchmark as _benchmark
 
     return _benchmark(artifacts, device, config, devices_file=devices_file, on_event=on_event)
 
@@ -128,6 +128,7 @@ def save_model(compressed: "CompressedModel", path: str | Path) -> Path:
     weights: ``deploy --recipe`` carries them, a ``.pt2`` does not."""
     import torch
 
+    from edgekit._fs import atomic_path
     from edgekit.errors import CompressError
 
     out = Path(path)
@@ -135,9 +136,8 @@ def save_model(compressed: "CompressedModel", path: str | Path) -> Path:
         raise CompressError(f"{out}: the compressed model is saved as a torch.export program; name it *.pt2")
     out.parent.mkdir(parents=True, exist_ok=True)
     program = torch.export.export(compressed.spec.module.eval(), compressed.spec.example_inputs)
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.export.save(program, str(tmp))
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        torch.export.save(program, str(tmp))
     return out
 
 
@@ -155,25 +155,9 @@ _STEP_COLUMNS = ("step", "method", "label", "status", "params", "nonzero_params"
 
 def op_table(df: "pd.DataFrame") -> "pd.DataFrame":
     """Per-op profiles of a benchmark run with ``profile_ops=True``: a row per op per measured artifact."""
-    from edgekit.bench.results import op_table as _op_table
+    from edgekit.results.rows import op_table as _op_table
 
     return _op_table(df)
-
-
-def device_profile(device: LocalDevice | SshDevice, override: str | Path | Profile | None = None) -> Profile:
-    """``override``, else the device's own profile, else (local only) the one matching this host."""
-    if override is not None:
-        return load_profile(override)
-    if device.profile:
-        return load_profile(device.profile)
-    return host_profile()
-
-
-def with_trust(device: LocalDevice | SshDevice, trust_new_host: bool) -> LocalDevice | SshDevice:
-    """The device, accepting (and recording) an unknown host key when the caller said so."""
-    if trust_new_host and isinstance(device, SshDevice):
-        return device.model_copy(update={"trust_new_host": True})
-    return device
 
 
 def deploy(
@@ -231,6 +215,7 @@ def bench(
     resume: str | None = None,
     trust_new_host: bool = False,
     mlflow: str | None = None,
+    request: "BenchRequest | None" = None,
     on_progress: Callable[[str | None, str, str], None] | None = None,
 ) -> "FleetResult":
     """Benchmark ``model`` on many devices at once (by name, ``tags`` or ``all_devices``).
@@ -239,25 +224,36 @@ def bench(
     timeout and retries; every row is stored the moment it arrives (``results``, default
     ``./edgekit-results``), so ``resume=RUN_ID`` finishes an interrupted run. The result maps device ->
     outcome, with ``.df``, ``.succeeded``, ``.failed`` and ``.run_id``. See :mod:`edgekit.fleet`.
+
+    The keywords are the fields of :class:`edgekit.BenchRequest`; pass ``request=`` instead to give them
+    as one object (what the CLI does), not both.
     """
+    from edgekit.config.bench import BenchRequest
     from edgekit.fleet import bench as _bench
 
-    return _bench(model, devices, tags=tags, all_devices=all_devices, profile=profile, targets=targets,
-                  precisions=precisions, calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                  recipe=recipe, config=config, fleet=fleet, devices_file=devices_file, results=results,
-                  resume=resume, trust_new_host=trust_new_host, mlflow=mlflow, on_progress=on_progress)
+    given = BenchRequest(model=model, devices=devices, tags=tags, all_devices=all_devices, profile=profile,
+                         targets=targets, precisions=precisions, calibration=calibration, input_shape=input_shape,
+                         allow_pickle=allow_pickle, recipe=recipe, config=config, fleet=fleet,
+                         devices_file=devices_file, results=results, trust_new_host=trust_new_host, mlflow=mlflow)
+    if request is not None:
+        if given != BenchRequest():
+            from edgekit.errors import ConfigError
+
+            raise ConfigError("give the run's settings either as keywords or as request=, not both", field="request")
+        given = request
+    return _bench(given, resume=resume, on_progress=on_progress)
 
 
 def load_run(run_id: str, results: str | Path | None = None) -> "pd.DataFrame":
     """A stored run's rows (also of a run that crashed: its journal is read)."""
-    from edgekit.bench.store import load_run as _load_run
+    from edgekit.results.store import load_run as _load_run
 
     return _load_run(run_id, results)
 
 
 def compare_runs(run_a: str, run_b: str, results: str | Path | None = None) -> "pd.DataFrame":
     """``run_b`` against ``run_a``, per row and metric; a regression only beyond the measurements' 95 %
-    interval. See :mod:`edgekit.bench.compare`."""
-    from edgekit.bench.compare import compare_runs as _compare
+    interval. See :mod:`edgekit.results.compare`."""
+    from edgekit.results.compare import compare_runs as _compare
 
     return _compare(load_run(run_a, results), load_run(run_b, results))

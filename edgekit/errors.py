@@ -13,7 +13,6 @@ type. Lower-layer errors (pydantic, yaml, runtimes, subprocess) are translated a
     ├── CalibrationError       calibration data is missing, too small, or of the wrong shape/dtype
     ├── CompressError          a compression method failed
     ├── ExportError            a target could not export a model; names the target and, if known, the op
-    ├── RuntimeRunError        an artifact could not be loaded or run in its runtime
     ├── DeviceError            a device cannot be used (unsupported kind, unreachable, ...)
     ├── AgentError             the benchmark agent failed; carries the command, exit code, output tail
     └── ResultsError           a stored run cannot be read, compared or logged (MLflow)
@@ -36,7 +35,6 @@ __all__ = [
     "ExportError",
     "ModelError",
     "ResultsError",
-    "RuntimeRunError",
     "UnknownNameError",
 ]
 
@@ -100,10 +98,6 @@ class ExportError(EdgekitError):
         if op:
             where += f", op {op}"
         super().__init__(f"{where}: {message}")
-
-
-class RuntimeRunError(EdgekitError):
-    """An artifact could not be loaded or executed by its runtime."""
 
 
 class DeviceError(EdgekitError):

@@ -21,18 +21,24 @@ import hashlib
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import pandas as pd
 
-from edgekit.bench.config import BenchConfig, FleetConfig
-from edgekit.bench.run import RowKey, measure_on, row_key
-from edgekit.bench.store import Run, artifact_from_record, artifact_record
-from edgekit.config.device import LOCAL, LocalDevice, SshDevice, load_devices
+from edgekit._version import __version__
+from edgekit.config.bench import BenchRequest
+from edgekit.config.device import LOCAL, LocalDevice, SshDevice, device_profile, load_devices, with_trust
 from edgekit.config.profile import Profile
+from edgekit.device.measure import measure_on
 from edgekit.errors import AgentError, ConfigError, DeviceError, EdgekitError, UnknownNameError
+from edgekit.results.rows import RowKey, row_key
+from edgekit.results.store import Run, artifact_from_record, artifact_record, now_iso
+
+if TYPE_CHECKING:
+    from edgekit.exporters.base import Artifact
+    from edgekit.transport import Transport
 
 ProgressFn = Callable[[str | None, str, str], None]  # (device or None for the host, stage, detail)
 
@@ -103,70 +109,27 @@ def select_devices(
     return list(chosen.values())
 
 
-def bench(
-    model: Any = None,
-    devices: Sequence[str] | None = None,
-    *,
-    tags: Sequence[str] | None = None,
-    all_devices: bool = False,
-    profile: str | Path | Profile | None = None,
-    targets: Sequence[str] | None = None,
-    precisions: Sequence[str] | None = None,
-    calibration: str | Path | None = None,
-    input_shape: str | None = None,
-    allow_pickle: bool = False,
-    recipe: str | Path | None = None,
-    config: BenchConfig | None = None,
-    fleet: FleetConfig | None = None,
-    devices_file: str | Path | None = None,
-    results: str | Path | None = None,
-    resume: str | None = None,
-    trust_new_host: bool = False,
-    mlflow: str | None = None,
-    on_progress: ProgressFn | None = None,
-) -> FleetResult:
-    """Benchmark ``model`` on every chosen device; see the module docstring for how failures are kept.
+def bench(request: BenchRequest, *, resume: str | None = None, on_progress: ProgressFn | None = None) -> FleetResult:
+    """Benchmark ``request.model`` on every chosen device; see the module docstring for how failures are kept.
 
-    ``resume``: the id of an earlier run to complete (its model, devices and settings are reused; pass
-    ``model`` again only if it was a Python object). ``mlflow``: a tracking URI to log the run to.
+    ``resume``: the id of an earlier run to complete (its model, devices and settings are reused; the model
+    must be given again only if it was a Python object).
     """
     if resume:
-        run = Run.open(resume, results)
-        request = run.meta.get("request") or {}
-        if model is None:
-            if request.get("model_is_object"):
-                raise ConfigError(f"run {resume} benchmarked a Python model object: pass the model again to "
-                                  "resume it", field="model")
-            model = request.get("model")
-        devices, tags, all_devices = request.get("devices"), None, False
-        profile = profile or request.get("profile")
-        targets, precisions = targets or request.get("targets"), precisions or request.get("precisions")
-        calibration, input_shape = calibration or request.get("calibration"), input_shape or request.get("input_shape")
-        allow_pickle, recipe = allow_pickle or bool(request.get("allow_pickle")), recipe or request.get("recipe")
-        config = config or BenchConfig(**request.get("config", {}))
-        fleet = fleet or FleetConfig(**request.get("fleet", {}))
-    if model is None:
+        run = Run.open(resume, request.results)
+        request = request.resumed(run.meta.get("request") or {}, resume)
+    if request.model is None:
         raise ConfigError("no model given", field="model")
-    cfg, fcfg = config or BenchConfig(), fleet or FleetConfig()
-    chosen = [_with_trust(d, trust_new_host) for d in select_devices(devices, tags, all_devices, devices_file)]
-    profiles = _profiles_of(chosen, profile)
-    request = {
-        "model": _as_given(model) if isinstance(model, (str, Path)) else f"<{type(model).__name__} object>",
-        "model_is_object": not isinstance(model, (str, Path)), "devices": [d.name for d in chosen],
-        "profile": str(profile) if isinstance(profile, (str, Path)) else getattr(profile, "name", None),
-        "targets": list(targets) if targets else None, "precisions": list(precisions) if precisions else None,
-        "calibration": _as_given(calibration) if calibration else None, "input_shape": input_shape,
-        "allow_pickle": allow_pickle, "recipe": _as_given(recipe) if recipe else None,
-        "config": asdict(cfg), "fleet": asdict(fcfg),
-    }
+    chosen = [with_trust(d, request.trust_new_host) for d in
+              select_devices(request.devices, request.tags, request.all_devices, request.devices_file)]
+    profiles = {d.name: (device_profile(d, request.profile), d) for d in chosen}
+    record = request.record([d.name for d in chosen])
     if resume:
-        run.update_meta(status="running", resumed=[*run.meta.get("resumed", []), _now()])
+        run.update_meta(status="running", resumed=[*run.meta.get("resumed", []), now_iso()])
     else:
-        run = Run.create(results, _run_meta(model, request, profiles))
-    ctx = _Context(run, cfg, fcfg, on_progress or (lambda *a: None), request["model"])
-    exports = _start_exports(ctx, model, profiles, dict(
-        targets=targets, precisions=precisions, calibration=calibration, input_shape=input_shape,
-        allow_pickle=allow_pickle, recipe=recipe), reuse=bool(resume))
+        run = Run.create(request.results, _run_meta(request.model, record, profiles))
+    ctx = _Context(run, request, on_progress or (lambda *a: None), record["model"])
+    exports = _start_exports(ctx, profiles, reuse=bool(resume))
     settled = _settled_keys(run) if resume else {}
     jobs = [_Job(dev, profiles[dev.name][0].name, exports[profiles[dev.name][0].name], settled.get(dev.name, set()))
             for dev in chosen]
@@ -181,10 +144,10 @@ def bench(
         raise
     df = run.finalize("complete", devices={**run.meta.get("devices", {}), **ctx.facts})
     result = FleetResult({j.device.name: j.outcome for j in jobs}, df, run)
-    if mlflow:
-        from edgekit.bench.mlflow_log import log_run
+    if request.mlflow:
+        from edgekit.results.mlflow_log import log_run
 
-        log_run(run, df, mlflow)
+        log_run(run, df, request.mlflow)
     return result
 
 
@@ -192,8 +155,9 @@ def bench(
 
 
 class _Context:
-    def __init__(self, run: Run, cfg: BenchConfig, fleet: FleetConfig, progress: ProgressFn, model: str) -> None:
-        self.run, self.cfg, self.fleet, self.progress, self.model = run, cfg, fleet, progress, model
+    def __init__(self, run: Run, request: BenchRequest, progress: ProgressFn, model: str) -> None:
+        self.run, self.request, self.progress, self.model = run, request, progress, model
+        self.cfg, self.fleet = request.bench_config, request.fleet_config
         self.stop = threading.Event()
         self.facts: dict[str, Any] = {}
 
@@ -202,13 +166,13 @@ class _Context:
 class _Job:
     device: LocalDevice | SshDevice
     profile: str
-    artifacts: "Future[list[Any]]"
+    artifacts: "Future[list[Artifact]]"
     settled: set[RowKey]
     outcome: DeviceOutcome = field(init=False)
     stage: str = "waiting"
     attempts: int = 0
     deadline: float | None = None
-    transport: Any = None
+    transport: "Transport | None" = None
     timed_out: bool = False
     finished: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -218,21 +182,7 @@ class _Job:
         self.outcome = DeviceOutcome(self.device.name, self.profile, "waiting")
 
 
-def _with_trust(dev: LocalDevice | SshDevice, trust: bool) -> LocalDevice | SshDevice:
-    from edgekit._api import with_trust
-
-    return with_trust(dev, trust)
-
-
-def _profiles_of(devices: list[LocalDevice | SshDevice],
-                 override: str | Path | Profile | None) -> dict[str, tuple[Profile, LocalDevice | SshDevice]]:
-    from edgekit._api import device_profile
-
-    return {d.name: (device_profile(d, override), d) for d in devices}
-
-
 def _run_meta(model: Any, request: dict[str, Any], profiles: dict[str, tuple[Profile, Any]]) -> dict[str, Any]:
-    import edgekit
     from edgekit.config.target import load_target
 
     meta_profiles: dict[str, Any] = {}
@@ -249,7 +199,7 @@ def _run_meta(model: Any, request: dict[str, Any], profiles: dict[str, tuple[Pro
         meta_profiles[prof.name] = {"source": prof.source, "sha256": _file_sha(prof.source), "targets": targets}
     is_file = isinstance(model, (str, Path)) and Path(model).is_file()
     return {"model": request["model"], "model_sha256": _file_sha(str(model)) if is_file else None,
-            "edgekit_version": edgekit.__version__, "request": request, "profiles": meta_profiles,
+            "edgekit_version": __version__, "request": request, "profiles": meta_profiles,
             "device_profiles": {name: p.name for name, (p, _) in profiles.items()}, "host": _host_facts()}
 
 
@@ -282,13 +232,13 @@ def _state_sha256(module: Any) -> str:
     return h.hexdigest()
 
 
-def _start_exports(ctx: _Context, model: Any, profiles: dict[str, tuple[Profile, Any]], options: dict[str, Any],
-                   *, reuse: bool) -> dict[str, "Future[list[Any]]"]:
+def _start_exports(ctx: _Context, profiles: dict[str, tuple[Profile, Any]], *,
+                   reuse: bool) -> dict[str, "Future[list[Artifact]]"]:
     """A future per profile; one thread exports the profiles in turn (each export uses every core)."""
     order: dict[str, Profile] = {}
     for prof, _ in profiles.values():
         order.setdefault(prof.name, prof)
-    futures: dict[str, Future[list[Any]]] = {name: Future() for name in order}
+    futures: dict[str, Future[list[Artifact]]] = {name: Future() for name in order}
     previous = _artifact_records(ctx.run) if reuse else {}
 
     def work() -> None:
@@ -297,7 +247,7 @@ def _start_exports(ctx: _Context, model: Any, profiles: dict[str, tuple[Profile,
             try:
                 arts = _reusable(previous.get(name))
                 if arts is None:
-                    arts = _export_profile(ctx, model, prof, options)
+                    arts = _export_profile(ctx, prof)
                 fut.set_result(arts)
             except BaseException as exc:  # noqa: BLE001 - the devices of this profile report it
                 fut.set_exception(exc)
@@ -306,18 +256,20 @@ def _start_exports(ctx: _Context, model: Any, profiles: dict[str, tuple[Profile,
     return futures
 
 
-def _export_profile(ctx: _Context, model: Any, prof: Profile, options: dict[str, Any]) -> list[Any]:
-    from edgekit._api import compress, export
+def _export_profile(ctx: _Context, prof: Profile) -> list[Artifact]:
+    from edgekit.compression import compress
+    from edgekit.exporters import export
 
     def event(msg: str) -> None:
         ctx.progress(None, f"export {prof.name}", msg)
 
     started = time.perf_counter()
     event("compressing")
-    cm = compress(model, prof, options["calibration"], input_shape=options["input_shape"],
-                  allow_pickle=options["allow_pickle"], recipe=options["recipe"], on_event=event)
-    arts = export(cm, options["targets"], ctx.run.root / "artifacts" / prof.name,
-                  precisions=options["precisions"], on_event=event)
+    req = ctx.request
+    cm = compress(req.model, prof, req.calibration, input_shape=req.input_shape, allow_pickle=req.allow_pickle,
+                  recipe=req.recipe, on_event=event)
+    arts = export(cm, req.targets, ctx.run.root / "artifacts" / prof.name, precisions=req.precisions,
+                  on_event=event)
     ctx.run.append("artifacts", profile=prof.name, model_sha256=_state_sha256(cm.spec.module),
                    seconds=round(time.perf_counter() - started, 3),
                    artifacts=[artifact_record(a) for a in arts], sha256=_artifact_hashes(arts))
@@ -325,7 +277,7 @@ def _export_profile(ctx: _Context, model: Any, prof: Profile, options: dict[str,
     return arts
 
 
-def _artifact_hashes(arts: list[Any]) -> dict[str, str]:
+def _artifact_hashes(arts: list[Artifact]) -> dict[str, str]:
     from edgekit.transport import file_sha256
 
     files = {Path(f) for a in arts for f in [*a.files, a.path, a.inputs, a.eval_set] if f}
@@ -339,7 +291,7 @@ def _artifact_records(run: Run) -> dict[str, dict[str, Any]]:
     return latest
 
 
-def _reusable(record: dict[str, Any] | None) -> list[Any] | None:
+def _reusable(record: dict[str, Any] | None) -> list[Artifact] | None:
     """The run's own artifacts, if every file is still there unchanged; else None (export again)."""
     if not record:
         return None
@@ -400,7 +352,7 @@ def _device_main(ctx: _Context, job: _Job) -> None:
         _give_up(ctx, job, job.stage, f"internal error: {type(exc).__name__}: {exc}")
 
 
-def _measure_device(ctx: _Context, job: _Job, artifacts: list[Any]) -> None:
+def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None:
     from edgekit.transport import open_transport
 
     name = job.device.name
@@ -478,21 +430,10 @@ def _finish(ctx: _Context, job: _Job, outcome: DeviceOutcome) -> None:
     ctx.progress(job.device.name, "done", f"{outcome.rows} rows in {outcome.seconds:.1f} s")
 
 
-def _close_quietly(transport: Any) -> None:
+def _close_quietly(transport: "Transport | None") -> None:
     if transport is None:
         return
     try:
         transport.close()
     except Exception:  # noqa: BLE001 - closing a dead link may raise; it is closed either way
         pass
-
-
-def _as_given(value: str | Path) -> str:
-    """A file as an absolute path (``--resume`` may run from another folder); a name as it is."""
-    return str(Path(value).resolve()) if Path(value).is_file() else str(value)
-
-
-def _now() -> str:
-    from edgekit.bench.store import now_iso
-
-    return now_iso()

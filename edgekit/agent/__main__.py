@@ -5,10 +5,17 @@ and tracebacks go to stderr. While the agent works, file descriptor 1 is pointed
 that prints from C code cannot corrupt the JSON.
 
 Stages, as reported in errors: ``request`` (reading and checking the request and the inputs file),
-``load`` (importing the runtime, constructing the runner), ``warmup`` (preparing inputs, first inference,
+``load`` (importing the runtime, constructing the runner; with an ``execution`` block, counting the nodes
+each execution provider runs), ``warmup`` (preparing inputs, first inference,
 warm-up loop), ``run`` (idle baseline, timed loop, statistics, memory, energy, run conditions), ``accuracy``
 (the eval set through the runtime, untimed), ``profile`` (a per-op pass, untimed, when asked).
-Exit codes: 0 ok, 1 other failure, 2 bad request, 3 runtime missing.
+Exit codes: 0 ok, 1 other failure, 2 bad request, 3 runtime missing (also: none of the execution
+providers an ``execution`` block asks for is in this onnxruntime).
+
+GPU runs: the optional request field ``execution`` names the accelerator and onnxruntime providers
+(``execution.py``); every answer carries an ``execution`` block (keys ``execution.BLOCK_KEYS``: what was asked
+for, what ran, node counts per provider, whether the figures are the accelerator's) and a ``gpu`` block (keys
+``gpu.GPU_KEYS``: NVML or Jetson sysfs facts before and after the timed loop, or why there are none).
 
 ``python -m edgekit.agent info`` prints which runtimes import here (for device checks).
 """
@@ -38,8 +45,11 @@ MEMORY_NOTE = "whole-process peak (interpreter, numpy, runtime, model, inputs); 
 log = logging.getLogger("edgekit-agent")
 
 
-class AgentError(Exception):
-    """A failure to report as ``{"ok": false, "error": {...}}`` with an exit code."""
+class StageFailure(Exception):
+    """A failure of one stage, to report as ``{"ok": false, "error": {...}}`` with an exit code.
+
+    Device side only: the host reads that answer and raises its own ``edgekit.errors.AgentError``.
+    """
 
     def __init__(self, stage: str, type_: str, message: str, exit_code: int = EXIT_FAILURE) -> None:
         super().__init__(message)
@@ -50,25 +60,25 @@ class AgentError(Exception):
         return {"ok": False, "agent_version": AGENT_VERSION, "error": error}
 
 
-def bad_request(message: str, type_: str = "BadRequest") -> AgentError:
-    return AgentError("request", type_, message, EXIT_BAD_REQUEST)
+def bad_request(message: str, type_: str = "BadRequest") -> StageFailure:
+    return StageFailure("request", type_, message, EXIT_BAD_REQUEST)
 
 
 @contextlib.contextmanager
 def stage(name: str) -> Iterator[None]:
-    """Turn any exception raised in a stage into an AgentError naming the stage."""
+    """Turn any exception raised in a stage into a StageFailure naming the stage."""
     try:
         yield
-    except AgentError:
+    except StageFailure:
         raise
     except Exception as exc:
         traceback.print_exc(file=sys.stderr)
         if out_of_memory(exc):
-            raise AgentError(name, "MemoryError", f"out of memory in stage {name} ({type(exc).__name__}: {exc}): "
+            raise StageFailure(name, "MemoryError", f"out of memory in stage {name} ({type(exc).__name__}: {exc}): "
                              f"{OOM_HINT}") from exc
         missing = type(exc).__name__ == "RuntimeMissing"
         code = EXIT_RUNTIME_MISSING if missing else EXIT_FAILURE
-        raise AgentError(name, type(exc).__name__, str(exc), code) from exc
+        raise StageFailure(name, type(exc).__name__, str(exc), code) from exc
 
 
 OOM_HINT = ("the device ran out of memory (a limit such as ulimit -v or a cgroup, or too little free RAM): free "
@@ -105,7 +115,7 @@ REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
     "min_seconds": (_NUMBER, 0),
     "max_seconds": (_NUMBER, 0),
 }
-OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops", "scratch")
+OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops", "scratch", "execution")
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -213,6 +223,12 @@ def _check_optional(request: dict[str, Any]) -> None:
     path = request.get("eval")
     if path is not None and not (isinstance(path, str) and os.path.isfile(path)):
         raise bad_request(f"request field 'eval': file not found: {path!r}", "FileNotFoundError")
+    from .execution import check_execution
+
+    try:
+        check_execution(request.get("execution"))
+    except ValueError as exc:
+        raise bad_request(str(exc)) from exc
 
 
 def load_inputs(path: str) -> list[Any]:
@@ -242,9 +258,15 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     load_before = modules.conditions.snapshot(root, None).get("load_avg")
     inputs = load_inputs(request["inputs"])
     measure = modules.measure
+    plan = modules.execution.plan_from_request(request.get("execution"))
+    probe = _gpu_probe(plan, request["format"], root)  # before the load: the GPU memory in use without the model
     runner, import_ms, load_ms, rss_after_load = _load(modules.runtimes, measure, request)
     with stage("load"):
-        meter = modules.meters.open_meter(_meter_config(request.get("energy"), root, vcgencmd))
+        nodes, nodes_note = _count_nodes(runner, plan, request, inputs)
+        used = modules.execution.accelerator_used(nodes, getattr(runner, "providers_used", []))
+        # The energy of a run whose work is on the GPU is the GPU board's (NVML) where it can be read.
+        accelerator = "cuda" if used in ("cuda", "tensorrt") else None
+        meter = modules.meters.open_meter(_meter_config(request.get("energy"), root, vcgencmd, accelerator))
     gc.collect()
     gc.disable()  # as timeit does: a collection pass inside the timed region is not the model's cost
     try:
@@ -256,11 +278,13 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
             reset, reset_note = measure.reset_peak_rss()  # from here on VmHWM is the steady state's peak
             meter.measure_idle()  # the config's idle_seconds; a no-op without a sensor
             before = {**modules.conditions.snapshot(root, vcgencmd), "load_avg": load_before}
+            gpu_before = probe.snapshot("before") if probe else {}
             meter.start()
             loop = measure.timed_loop(runner.invoke, prepared, request["min_iterations"],
                                       request["min_seconds"], request["max_seconds"])
             meter.stop()
             after = modules.conditions.snapshot(root, vcgencmd)
+            gpu_after = probe.snapshot("after", with_process=True) if probe else {}
     finally:
         gc.enable()
     log.info("%d iterations in %.3f s", loop.iterations, loop.seconds)
@@ -269,6 +293,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         rss_steady, method = measure.peak_rss_mib()
         energy = meter.result(loop.iterations)
         conditions = modules.conditions.summarize(before, after, modules.conditions.judge(before, after))
+        gpu = _gpu_block(probe, gpu_before, gpu_after, plan, request["format"], conditions)
+        execution = _execution_block(modules.execution, runner, plan, request["format"], nodes, nodes_note,
+                                     load_ms, first_ms)
     with stage("accuracy"):
         accuracy = _device_accuracy(measure, runner, request.get("eval"))
     with stage("profile"):
@@ -276,7 +303,9 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         if request.get("profile_ops"):
             from . import opprofile
 
-            ops = opprofile.profile_ops(request["format"], request["artifact"], inputs, request["threads"])
+            ops = opprofile.profile_ops(request["format"], request["artifact"], inputs, request["threads"],
+                                        execution=request.get("execution"),
+                                        trt_cache_dir=getattr(runner, "trt_cache_dir", None))
     files = measure.artifact_files(request["artifact"], request["format"])
     return {
         "ok": True,
@@ -287,6 +316,7 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         "artifact_files": files,
         "runtime": runner.info(),
         "threads": request["threads"],
+        "execution": execution,
         "runtime_import_ms": import_ms,
         "load_ms": load_ms,
         "first_inference_ms": first_ms,
@@ -295,9 +325,10 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
         "iterations": loop.iterations,
         "timed_seconds": loop.seconds,
         "truncated": loop.truncated,
-        "timing_note": TIMING_NOTE,
+        "timing_note": _timing_note(execution),
         "memory": _memory(rss_after_load, rss_steady, method, reset, reset_note),
         "energy": energy,
+        "gpu": gpu,
         "conditions": conditions,
         "device_accuracy": accuracy,
         "op_profile": ops,
@@ -306,11 +337,86 @@ def run(request: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _meter_config(energy: Optional[dict[str, Any]], root: str, vcgencmd: str) -> Optional[dict[str, Any]]:
+GPU_TIMING_NOTES = {
+    False: "GPU: inputs bound on the GPU before timing (IO binding), each invoke waits for its outputs "
+           "(synchronize_outputs); host<->device copies not timed",
+    True: "GPU: each invoke copies the inputs host->device, runs, waits, and copies the outputs back (copies timed)",
+}
+
+
+def _timing_note(execution: dict[str, Any]) -> str:
+    if not execution["io_binding"]:
+        return TIMING_NOTE
+    return f"{TIMING_NOTE}; {GPU_TIMING_NOTES[execution['copies_timed']]}"
+
+
+def _gpu_probe(plan: Any, fmt: str, root: str) -> Any:
+    """The GPU probe of a run that asks for an accelerator on a format that can use one; else None."""
+    if not plan.accelerator or fmt != "onnx":
+        return None
+    with stage("load"):
+        from .gpu import GpuProbe
+
+        return GpuProbe(root)
+
+
+def _count_nodes(runner: Any, plan: Any, request: dict[str, Any], inputs: list[Any]) -> tuple[Optional[dict[str, int]], str]:
+    """Nodes per provider, for a request that chose its providers (ONNX): one profiled inference in a short
+    session of its own, before the timed run, so the energy source can follow where the work runs. It comes
+    after the after-load memory reading, and the steady-state peak is reset before the timed loop, so its
+    memory counts in neither. Without an execution block this costs nothing: the session is CPU-only, as
+    before, and every node is on the CPU by construction."""
+    if request["format"] != "onnx" or not plan.explicit:
+        return None, ""
+    from . import opprofile
+
+    try:
+        counts = opprofile.onnx_nodes_by_provider(request["artifact"], inputs, request["threads"],
+                                                  request.get("execution"), runner.trt_cache_dir)
+        return counts, ""
+    except Exception as exc:  # counting is a check, not the benchmark: say it failed and go on
+        traceback.print_exc(file=sys.stderr)
+        return None, f"nodes per provider not counted ({type(exc).__name__}: {exc})"
+
+
+def _execution_block(execution: Any, runner: Any, plan: Any, fmt: str, nodes: Optional[dict[str, int]],
+                     nodes_note: str, load_ms: float, first_ms: float) -> dict[str, Any]:
+    if fmt != "onnx":
+        return execution.non_onnx_block(plan, fmt, runner.runtime)
+    used = execution.accelerator_used(nodes, runner.providers_used)
+    # TensorRT builds its engines when the session is created (static shapes) or at the first run (dynamic
+    # shapes): the build lies inside load_ms + first_inference_ms, so that sum is trt_engine_build_ms (it
+    # also holds the ordinary graph load and one inference). With trt_engine_cache_reused it is the time to
+    # load cached engines, not to build them.
+    trt_ms = load_ms + first_ms if used == "tensorrt" else None
+    return execution.execution_block(plan, runner.available, runner.chosen, runner.providers_used, nodes, nodes_note,
+                                     runner.io_binding, runner.copies_timed, trt_ms, runner.trt_cache_dir,
+                                     runner.trt_cache_reused)
+
+
+def _gpu_block(probe: Any, before: dict[str, Any], after: dict[str, Any], plan: Any, fmt: str,
+               conditions: dict[str, Any]) -> dict[str, Any]:
+    """The answer's ``gpu`` block; clocks held down by power or heat make the run noisy, as CPU throttling does."""
+    from . import gpu
+
+    if probe is None:
+        why = ("not measured: a CPU run (no accelerator in request field 'execution')" if not plan.accelerator
+               else f"not measured: {fmt} runs on the CPU here")
+        return gpu.not_measured(why)
+    block = probe.summary(before, after)
+    reasons = gpu.noisy_reasons(block)
+    if reasons:
+        conditions["noisy_reasons"] = list(conditions["noisy_reasons"]) + reasons
+        conditions["noisy"] = True
+    return block
+
+
+def _meter_config(energy: Optional[dict[str, Any]], root: str, vcgencmd: str,
+                  accelerator: Optional[str] = None) -> Optional[dict[str, Any]]:
     if energy is None:
         return None
     config = {k: v for k, v in energy.items() if v is not None}
-    return {**config, "sysfs_root": root, "vcgencmd": vcgencmd}
+    return {**config, "sysfs_root": root, "vcgencmd": vcgencmd, "accelerator": accelerator}
 
 
 def _memory(after_load: Optional[float], steady: Optional[float], method: str, reset: bool,
@@ -346,21 +452,26 @@ def _import_agent_modules() -> Any:
     """The numpy-using modules, imported late so a device without numpy still gets a JSON answer."""
     with stage("load"):
         try:
-            from . import conditions, measure, meters, runtimes
+            from . import conditions, execution, measure, meters, runtimes
         except ImportError as exc:
             if exc.name != "numpy":
                 raise
             message = f"numpy is not installed: {exc}"
-            raise AgentError("load", "RuntimeMissing", message, EXIT_RUNTIME_MISSING) from exc
-    return argparse.Namespace(conditions=conditions, measure=measure, meters=meters, runtimes=runtimes)
+            raise StageFailure("load", "RuntimeMissing", message, EXIT_RUNTIME_MISSING) from exc
+    return argparse.Namespace(conditions=conditions, execution=execution, measure=measure, meters=meters,
+                              runtimes=runtimes)
 
 
 def _load(runtimes: Any, measure: Any, request: dict[str, Any]) -> tuple[Any, float, float, Optional[float]]:
     """Import the runtime, construct the runner (timed as load_ms), then read peak memory."""
+    scratch = request.get("scratch")
+    # TensorRT engines outlive the run in <workdir>/tmp/trt-engines (see runtimes._trt_cache for why and how).
+    trt_cache_root = os.path.join(scratch, "trt-engines") if scratch else None
     with stage("load"):
         import_ms = runtimes.import_runtime(request["format"])
         runner, load_ms = measure.timed_call(
-            runtimes.load_runner, request["format"], request["artifact"], request["threads"])
+            runtimes.load_runner, request["format"], request["artifact"], request["threads"],
+            request.get("execution"), trt_cache_root, request.get("sha256"))
     rss_after_load, _ = measure.peak_rss_mib()
     log.info("loaded %s in %.1f ms (runtime import %.1f ms)", request["artifact"], load_ms, import_ms)
     return runner, import_ms, load_ms, rss_after_load
@@ -523,14 +634,14 @@ def _respond(argv: Optional[list[str]]) -> tuple[dict[str, Any], int]:
         json.dumps(response, allow_nan=False)  # fail here, inside the error handling, not after it
         _add_process_peak(response)
         return response, EXIT_OK
-    except AgentError as exc:
+    except StageFailure as exc:
         return exc.response(), exc.exit_code
     except (Exception, KeyboardInterrupt) as exc:
         traceback.print_exc(file=sys.stderr)
         if out_of_memory(exc):
             message = f"out of memory ({type(exc).__name__}: {exc}): {OOM_HINT}"
-            return AgentError("run", "MemoryError", message).response(), EXIT_FAILURE
-        return AgentError("run", type(exc).__name__, str(exc)).response(), EXIT_FAILURE
+            return StageFailure("run", "MemoryError", message).response(), EXIT_FAILURE
+        return StageFailure("run", type(exc).__name__, str(exc)).response(), EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -169,12 +169,62 @@ def _cpuinfo_fields(cpuinfo: str) -> dict[str, str]:
 
 
 def energy_sensors(sysfs_root: str = "/") -> dict[str, Any]:
-    from .meters import describe_sources
+    from .sensors import describe_sources
 
     return describe_sources(sysfs_root)
 
 
+def gpus(sysfs_root: str = "/") -> dict[str, Any]:
+    """NVIDIA GPUs through NVML (name, memory; driver and CUDA driver versions), or why none."""
+    try:
+        from .gpu import describe_gpus
+
+        return describe_gpus(sysfs_root)
+    except Exception as exc:  # never let a GPU probe cost the rest of the answer
+        return {"available": False, "reason": f"GPU probe failed: {type(exc).__name__}: {_first_line(exc)}",
+                "driver": None, "cuda_driver_version": None, "devices": [], "jetson": None}
+
+
+def onnxruntime_providers(probe: bool) -> tuple[Optional[list[str]], Optional[str]]:
+    """(onnxruntime.get_available_providers(), None) or (None, why not). A CPU build of onnxruntime lists no
+    CUDA or TensorRT provider: that is what tells a Jetson or GPU box it cannot run a GPU profile."""
+    if not probe:
+        return None, "not probed: onnx is not among the formats asked about"
+    try:
+        import onnxruntime
+
+        return [str(p) for p in onnxruntime.get_available_providers()], None
+    except Exception as exc:
+        return None, f"onnxruntime does not import: {type(exc).__name__}: {_first_line(exc)}"
+
+
+def tensorrt_facts(probe: bool) -> dict[str, Optional[str]]:
+    """The ``tensorrt`` Python module's version and where the loader finds libnvinfer (the library
+    onnxruntime's TensorrtExecutionProvider loads), or why not."""
+    if not probe:
+        return {"version": None, "library": None, "reason": "not probed: onnx is not among the formats asked about"}
+    import ctypes.util
+
+    try:
+        library = ctypes.util.find_library("nvinfer")
+    except Exception:  # find_library runs ldconfig/gcc; neither may be usable here
+        library = None
+    try:
+        import tensorrt
+
+        return {"version": str(getattr(tensorrt, "__version__", None) or _dist_version("tensorrt")),
+                "library": library, "reason": None}
+    except ModuleNotFoundError:
+        reason = "tensorrt is not installed (pip install tensorrt; on a Jetson it comes with JetPack)"
+    except Exception as exc:
+        reason = f"tensorrt does not import: {type(exc).__name__}: {_first_line(exc)}"
+    return {"version": None, "library": library, "reason": reason}
+
+
 def device_info(formats: Optional[Iterable[str]] = None) -> dict[str, Any]:
+    wanted = list(formats) if formats is not None else None
+    onnx = wanted is None or "onnx" in wanted
+    providers, providers_reason = onnxruntime_providers(onnx)
     emulation = cpu_emulation()
     return {
         "machine": platform.machine(),
@@ -188,6 +238,10 @@ def device_info(formats: Optional[Iterable[str]] = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "numpy": numpy_version(),
-        "runtimes": probe_runtimes(formats),
+        "runtimes": probe_runtimes(wanted),
         "energy": energy_sensors(),
+        "gpu": gpus(),
+        "onnxruntime_providers": providers,
+        "onnxruntime_providers_reason": providers_reason,
+        "tensorrt": tensorrt_facts(onnx),
     }

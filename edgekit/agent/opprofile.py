@@ -30,26 +30,31 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import runtimes
+from .execution import GPU_PROVIDERS, plan_from_request
 
 MEASURED = "measured"
 TFLITE_HINT = "use benchmark_model --enable_op_profiling=true"
 
 
 def profile_ops(fmt: str, path: str, inputs: Sequence[np.ndarray], threads: int = 1, iterations: int = 20,
-                warmup: int = 1) -> Dict[str, Any]:
+                warmup: int = 1, execution: Optional[Dict[str, Any]] = None,
+                trt_cache_dir: Optional[str] = None) -> Dict[str, Any]:
     """Profile ``iterations`` inferences (after ``warmup`` unrecorded ones) and attribute time to operators.
 
     Returns {"status": "measured" | "unavailable: <why>", "method", "ops": [{"name", "type", "time_ms",
     "share"}] (time_ms: mean per inference; share: of the summed op time; slowest first), "iterations",
     "warmup", "op_time_ms" (summed op time per inference), "run_time_ms" (mean whole inference as the
     profiler saw it), "runtime": {"name", "version"}}. Never raises for a runtime's failure: a profiling
-    pass must not fail a benchmark.
+    pass must not fail a benchmark. ``execution`` (ONNX): the request's execution block, so the profile runs
+    on the providers the timed run used; ``trt_cache_dir``: the timed run's TensorRT engine cache (reused, not rebuilt).
     """
     if fmt not in PROFILERS:
         raise ValueError(f"unknown format {fmt!r}; valid: {', '.join(sorted(PROFILERS))}")
     if iterations < 1 or warmup < 0:
         raise ValueError(f"iterations must be >= 1 and warmup >= 0, got {iterations} and {warmup}")
     try:
+        if fmt == "onnx":
+            return _profile_onnx(path, list(inputs), threads, iterations, warmup, execution, trt_cache_dir)
         return PROFILERS[fmt](path, list(inputs), threads, iterations, warmup)
     except runtimes.RuntimeMissing as exc:
         return unavailable(str(exc), iterations=iterations, warmup=warmup)
@@ -67,8 +72,9 @@ def _result(method: str, rows: List[Tuple[str, str, float]], runtime: Dict[str, 
             warmup: int, run_time_ms: Optional[float]) -> Dict[str, Any]:
     """rows: (name, type, mean ms per inference)."""
     total = sum(t for _, _, t in rows)
-    ops = [{"name": n, "type": t, "time_ms": round(ms, 6), "share": round(ms / total, 6) if total > 0 else None}
-           for n, t, ms in rows]
+    ops: List[Dict[str, Any]] = [
+        {"name": n, "type": t, "time_ms": round(ms, 6), "share": round(ms / total, 6) if total > 0 else None}
+        for n, t, ms in rows]
     ops.sort(key=lambda o: (-o["time_ms"], o["name"]))
     if not ops:
         return unavailable("the profiler recorded no operator events", method, runtime, iterations, warmup)
@@ -80,40 +86,73 @@ def _result(method: str, rows: List[Tuple[str, str, float]], runtime: Dict[str, 
 # ---- ONNX Runtime -----------------------------------------------------------------------------------
 
 
-def _profile_onnx(path: str, inputs: List[np.ndarray], threads: int, iterations: int, warmup: int) -> Dict[str, Any]:
+def _profile_onnx(path: str, inputs: List[np.ndarray], threads: int, iterations: int, warmup: int,
+                  execution: Optional[Dict[str, Any]] = None, trt_cache_dir: Optional[str] = None) -> Dict[str, Any]:
     try:
         import onnxruntime as ort
     except ImportError as exc:
         raise runtimes.RuntimeMissing("onnxruntime is not installed") from exc
     runtime = {"name": "onnxruntime", "version": ort.__version__}
+    events, providers = _onnx_trace(ort, path, inputs, threads, warmup + iterations, execution, trt_cache_dir)
+    rows, runs, run_ms = onnx_ops_from_trace(events, warmup)
+    method = (f"onnxruntime {ort.__version__} SessionOptions.enable_profiling: '<node>_kernel_time' events "
+              f"(cat Node, microsecond resolution) of the optimized graph on {', '.join(providers)}, {threads} "
+              f"thread(s); fused nodes appear under the fused node's name and op type; mean over {runs} runs "
+              f"after {warmup} warm-up run(s)")
+    if any(p in GPU_PROVIDERS for p in providers):
+        method += "; inputs fed from the host (session.run), and a GPU kernel's event is its host-side time"
+    return _result(method, rows, runtime, runs, warmup, run_ms)
+
+
+def _onnx_trace(ort: Any, path: str, inputs: List[np.ndarray], threads: int, runs: int,
+                execution: Optional[Dict[str, Any]],
+                trt_cache_dir: Optional[str]) -> Tuple[List[Dict[str, Any]], List[str]]:
+    """(the chrome-trace events of ``runs`` profiled runs, the providers the session registered)."""
     tmp = tempfile.mkdtemp(prefix="edgekit-ort-profile-")
     try:
-        opts = ort.SessionOptions()  # as runtimes.OnnxRunner, plus profiling
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = os.path.join(tmp, "ort")
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        made = runtimes.onnx_session(ort, path, threads, plan_from_request(execution),
+                                     profile_prefix=os.path.join(tmp, "ort"), trt_cache_dir=trt_cache_dir)
+        session = made.session
         declared = session.get_inputs()
         if len(declared) != len(inputs):
             raise ValueError(f"the ONNX model takes {len(declared)} input(s), got {len(inputs)}")
         feed = {i.name: runtimes._cast(a, runtimes._ONNX_TYPES.get(i.type, a.dtype)) for i, a in zip(declared, inputs)}
-        for _ in range(warmup + iterations):
+        for _ in range(runs):
             session.run(None, feed)
+        providers = list(session.get_providers())
         trace = session.end_profiling()
         with open(trace if os.path.isabs(trace) else os.path.join(tmp, os.path.basename(trace)), encoding="utf-8") as f:
             events = json.load(f)
-        del session
+        del session, made
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    rows, runs, run_ms = onnx_ops_from_trace(events, warmup)
-    method = (f"onnxruntime {ort.__version__} SessionOptions.enable_profiling: '<node>_kernel_time' events "
-              f"(cat Node, microsecond resolution) of the optimized graph on CPUExecutionProvider, {threads} "
-              f"thread(s); fused nodes appear under the fused node's name and op type; mean over {runs} runs "
-              f"after {warmup} warm-up run(s)")
-    return _result(method, rows, runtime, runs, warmup, run_ms)
+    return events, providers
+
+
+def onnx_nodes_by_provider(path: str, inputs: Sequence[np.ndarray], threads: int,
+                           execution: Optional[Dict[str, Any]], trt_cache_dir: Optional[str] = None) -> Dict[str, int]:
+    """How many nodes of the optimized graph each provider ran, from one profiled inference in a short
+    session of its own (same options and providers as the timed one). Raises on any failure: the caller
+    reports it. A subgraph that TensorRT (or another compiling provider) took counts as one node."""
+    import onnxruntime as ort
+
+    events, _ = _onnx_trace(ort, path, list(inputs), threads, 1, execution, trt_cache_dir)
+    counts = nodes_by_provider_from_trace(events)
+    if not counts:
+        raise ValueError("the profiler recorded no node events")
+    return counts
+
+
+def nodes_by_provider_from_trace(events: List[Dict[str, Any]]) -> Dict[str, int]:
+    """{provider: distinct node names} from an ORT trace's ``<node>_kernel_time`` events (``args.provider``)."""
+    nodes: Dict[str, set] = {}
+    for e in events:
+        name = e.get("name", "")
+        if e.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        provider = str((e.get("args") or {}).get("provider") or "unknown")
+        nodes.setdefault(provider, set()).add(name[: -len("_kernel_time")])
+    return {provider: len(names) for provider, names in sorted(nodes.items())}
 
 
 def onnx_ops_from_trace(events: List[Dict[str, Any]], warmup: int) -> Tuple[List[Tuple[str, str, float]], int, Optional[float]]:
@@ -215,13 +254,13 @@ def executorch_ops_from_events(events: List[Any], warmup: int
         return [], 0, None, 0, False
     runs = len(execute[0].perf_data.raw) - warmup
     run_ms = mean(execute[0])
-    kernels: Dict[int, str] = {}
-    op_calls: List[Tuple[int, float]] = []
-    delegate_calls: List[Tuple[int, float]] = []
-    inner: Dict[int, List[Tuple[str, float]]] = {}
+    kernels: Dict[Optional[int], str] = {}  # keyed by instruction id (None: an event without one)
+    op_calls: List[Tuple[Optional[int], float]] = []
+    delegate_calls: List[Tuple[Optional[int], float]] = []
+    inner: Dict[Optional[int], List[Tuple[str, float]]] = {}
     for e in events:
         ms = mean(e)
-        instr = getattr(e, "_instruction_id", None)
+        instr: Optional[int] = getattr(e, "_instruction_id", None)
         if ms is None or e.name in ("Method::execute", "Method::init", "Program::load_method"):
             continue
         if getattr(e, "is_delegated_op", False):

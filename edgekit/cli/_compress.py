@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 import edgekit
-from edgekit.cli._main import _devices_option, _fail, _stderr, _stdout, cli, emit_rows
-from edgekit.errors import EdgekitError
+import edgekit.cli._options as opt
+from edgekit.cli._main import _stderr, _stdout, cli, emit_rows
 
 STEP_COLUMNS = [
     ("step", "#"), ("label", "step"), ("status", "status"), ("params", "params"), ("nonzero_params", "non-zero"),
@@ -23,27 +23,25 @@ MEASURED_COLUMNS = [
 
 
 @cli.command()
-@click.option("--model", required=True, help="digits-cnn | digits-cnn-wide | mobilenet-v2 | FILE.pt2 | FILE.pt | "
-                                             "package.module:function")
-@click.option("--recipe", "recipe_file", required=True, type=click.Path(dir_okay=False),
-              help="Recipe YAML: steps (prune, distill, lowrank, mixed_precision, qat), budget, backoff.")
-@click.option("--profile", help="Profile name or YAML path (default: the device's, else this host's).")
-@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
+@opt.model_option()
+@opt.recipe_option(required=True)
+@opt.profile_option
+@opt.calibration_option
 @click.option("--train-data", type=click.Path(dir_okay=False),
               help="Training data .npz: x (or x_0, x_1, ...) and integer labels y. Built-in models bring their own.")
-@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
-@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
+@opt.input_shape_option
+@opt.allow_pickle_option
 @click.option("--save", "save_path", type=click.Path(dir_okay=False),
               help="Write the compressed fp32 model as a torch.export .pt2 (deploy it with --model FILE.pt2).")
 @click.option("--measure", is_flag=True, help="Export the model after each step and benchmark them all on --device.")
-@click.option("--device", default="local", show_default=True, help="Where --measure runs.")
+@opt.device_option
 @click.option("--target", help="--measure exports to this target (default: the profile's first).")
 @click.option("--precision", help="--measure precision (default: int8 when the profile has it).")
-@click.option("--min-seconds", type=float, default=1.0, show_default=True, help="--measure: timed seconds per step.")
-@click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
-@_devices_option
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+@opt.min_seconds_option()
+@opt.out_dir_option
+@opt.out_option
+@opt.devices_file_option
+@opt.json_option
 def compress(model: str, recipe_file: str, profile: str | None, calibration: str | None, train_data: str | None,
              input_shape: str | None, allow_pickle: bool, save_path: str | None, measure: bool, device: str,
              target: str | None, precision: str | None, min_seconds: float, out_dir: str, out_file: str | None,
@@ -52,21 +50,17 @@ def compress(model: str, recipe_file: str, profile: str | None, calibration: str
     from edgekit import BenchConfig
 
     console = _stderr()
-    try:
-        prof = profile or edgekit.device_profile(edgekit.get_device(device, devices_file)).name
-        with console.status("starting") as status:
-            cm = edgekit.compress(model, prof, calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                                  recipe=recipe_file, train_data=train_data,
-                                  on_event=lambda msg: status.update(msg))
-            df = cm.report()
-            if measure:
-                df = edgekit.benchmark_steps(cm, device, target=target, precision=precision, out_dir=out_dir,
-                                             config=BenchConfig(min_seconds=min_seconds), devices_file=devices_file,
-                                             on_event=lambda msg: status.update(msg))
-        if save_path:
-            edgekit.save_model(cm, save_path)
-    except EdgekitError as exc:
-        _fail(exc)
+    prof = profile or edgekit.device_profile(edgekit.get_device(device, devices_file)).name
+    with console.status("starting") as status:
+        cm = edgekit.compress(model, prof, calibration, input_shape=input_shape, allow_pickle=allow_pickle,
+                              recipe=recipe_file, train_data=train_data, on_event=lambda msg: status.update(msg))
+        df = cm.report()
+        if measure:
+            df = edgekit.benchmark_steps(cm, device, target=target, precision=precision, out_dir=out_dir,
+                                         config=BenchConfig(min_seconds=min_seconds), devices_file=devices_file,
+                                         on_event=lambda msg: status.update(msg))
+    if save_path:
+        edgekit.save_model(cm, save_path)
     if emit_rows(df, out_file, as_json):
         return
     _print_steps(df, MEASURED_COLUMNS if measure else STEP_COLUMNS, title=f"{cm.name} ({cm.profile.name})")
@@ -100,21 +94,18 @@ def _step_fmt(col: str, v: Any, fmt: Any) -> str:
 
 
 @cli.command()
-@click.option("--model", required=True, help="Built-in name, FILE.pt2, FILE.pt or package.module:function.")
-@click.option("--profile", help="Profile name or YAML path (default: this host's).")
-@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
-@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224.")
+@opt.model_option()
+@opt.profile_option
+@opt.calibration_option
+@opt.input_shape_option
 @click.option("--metric", type=click.Choice(["sqnr", "accuracy", "both"]), default="sqnr", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+@opt.json_option
 def sensitivity(model: str, profile: str | None, calibration: str | None, input_shape: str | None, metric: str,
                 as_json: bool) -> None:
     """Per-layer int8 sensitivity of MODEL (only that layer quantized), most sensitive first."""
-    try:
-        with _stderr().status("measuring per-layer sensitivity"):
-            cm = edgekit.compress(model, profile, calibration, input_shape=input_shape)
-            df = edgekit.layer_sensitivity(cm, metric=metric)
-    except EdgekitError as exc:
-        _fail(exc)
+    with _stderr().status("measuring per-layer sensitivity"):
+        cm = edgekit.compress(model, profile, calibration, input_shape=input_shape)
+        df = edgekit.layer_sensitivity(cm, metric=metric)
     if emit_rows(df, None, as_json):
         return
     from rich.markup import escape

@@ -12,56 +12,31 @@ from typing import Any
 import click
 
 import edgekit
-from edgekit.cli._main import (
-    _csv,
-    _fail,
-    _json_rows,
-    _print_rows,
-    _print_table,
-    _stderr,
-    _stdout,
-    _trust_option,
-    bench_config,
-    bench_options,
-    cli,
-    emit_rows,
-    escape,
-)
-from edgekit.errors import EdgekitError
-
-_results_option = click.option(
-    "--results", "results_dir", type=click.Path(file_okay=False),
-    help="Results store (default: $EDGEKIT_RESULTS, else ./edgekit-results).")
+import edgekit.cli._options as opt
+from edgekit.cli._main import _json_rows, _print_rows, _print_table, _stderr, _stdout, cli, emit_rows, escape
 
 
 @cli.command("bench")
-@click.option("--model", help="digits-cnn | mobilenet-v2 | FILE.pt2 | FILE.pt | package.module:function "
-                              "(not needed with --resume)")
-@click.option("--devices", "device_names", help="Comma-separated device names from devices.yaml.")
+@opt.model_option(required=False)
+@opt.device_names_option
 @click.option("--tag", "tags", multiple=True, help="Every device with this tag (repeat for several).")
 @click.option("--all", "all_devices", is_flag=True, help="Every registered device (local only when none are).")
-@click.option("--profile", help="One profile for every device (default: each device's own).")
-@click.option("--targets", help="Comma-separated targets (default: each profile's).")
-@click.option("--precisions", help="Comma-separated precisions (default: each profile's).")
-@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
-@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
-@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (trusted files only).")
-@click.option("--recipe", "recipe_file", help="Compress by this recipe (file or built-in name) first.")
-@bench_options
+@opt.build_and_measure_options
 @click.option("--parallel", type=click.IntRange(min=1), default=4, show_default=True, help="Devices at once.")
 @click.option("--device-timeout", type=float, default=1800.0, show_default=True,
               help="Seconds per device, from when its artifacts are ready.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Retries of a device after a connection error (exponential back-off).")
-@_results_option
-@click.option("--resume", "resume_id", help="Finish run RUN_ID: measure only what it is missing.")
-@click.option("--devices-file", type=click.Path(dir_okay=False),
-              help="devices.yaml to use (default: $EDGEKIT_DEVICES, else ./devices.yaml).")
-@_trust_option
+@opt.results_option
+@click.option("--resume", "resume_id",
+              help="Finish run RUN_ID: measure only what it is missing (then --model is optional; the devices are "
+                   "the run's).")
+@opt.devices_file_option
+@opt.trust_option
 @click.option("--mlflow", "mlflow_uri", help="Also log the run to this MLflow tracking URI.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False), help="Also write the HTML report here.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+@opt.out_option
+@opt.json_option
 def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], all_devices: bool,
           profile: str | None, targets: str | None, precisions: str | None, calibration: str | None,
           input_shape: str | None, allow_pickle: bool, recipe_file: str | None, parallel: int,
@@ -73,29 +48,26 @@ def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], al
     Exit status 1 when a device failed (its row says where and why), 130 when interrupted: finish the run
     with --resume RUN_ID.
     """
-    from edgekit import FleetConfig
+    from edgekit import BenchRequest, FleetConfig
 
     if not resume_id and not model:
         raise click.UsageError("give --model (or --resume RUN_ID)")
+    request = BenchRequest(
+        model=model, devices=opt.csv(device_names), tags=list(tags), all_devices=all_devices, profile=profile,
+        targets=opt.csv(targets), precisions=opt.csv(precisions), calibration=calibration, input_shape=input_shape,
+        allow_pickle=allow_pickle, recipe=recipe_file, config=opt.bench_config(**measure),
+        fleet=FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries),
+        devices_file=devices_file, results=results_dir, trust_new_host=trust_new_host, mlflow=mlflow_uri)
     progress = _Progress()
     _sigterm_interrupts()
     try:
-        config = bench_config(**measure)
-        fleet = FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries)
         with progress:
-            result = edgekit.bench(
-                model, _csv(device_names), tags=list(tags), all_devices=all_devices, profile=profile,
-                targets=_csv(targets), precisions=_csv(precisions), calibration=calibration, input_shape=input_shape,
-                allow_pickle=allow_pickle, recipe=recipe_file, config=config, fleet=fleet,
-                devices_file=devices_file, results=results_dir, resume=resume_id, trust_new_host=trust_new_host,
-                mlflow=mlflow_uri, on_progress=progress.update)
+            result = edgekit.bench(request=request, resume=resume_id, on_progress=progress.update)
     except KeyboardInterrupt:
         run = progress.run_hint(results_dir)
         _stderr().print(f"[yellow]interrupted[/]: every finished row is stored; finish with "
                         f"edgekit bench --resume {run}", markup=True, highlight=False)
         raise SystemExit(130) from None
-    except EdgekitError as exc:
-        _fail(exc)
     if report_file:
         _write_report(result.df, result.run_dir, Path(report_file))
     if not emit_rows(result.df, out_file, as_json):
@@ -136,7 +108,7 @@ class _Progress:
             self.live.__exit__(*exc)
 
     def update(self, device: str | None, stage: str, detail: str) -> None:
-        from edgekit.bench.results import printable
+        from edgekit.results.rows import printable
 
         name = device or stage  # host-side work (an export) shows under its own name, its stage is its message
         stage = stage if device else "working"
@@ -162,7 +134,7 @@ class _Progress:
         return table
 
     def run_hint(self, results_dir: str | None) -> str:
-        from edgekit.bench.store import list_runs
+        from edgekit.results.store import list_runs
 
         runs = list_runs(results_dir)
         return str(runs.iloc[0]["run_id"]) if len(runs) else "RUN_ID"
@@ -203,29 +175,26 @@ def results() -> None:
 
 
 @results.command("list")
-@_results_option
-@click.option("--json", "as_json", is_flag=True)
+@opt.results_option
+@opt.json_option
 def results_list(results_dir: str | None, as_json: bool) -> None:
     """Runs, newest first."""
-    from edgekit.bench.store import list_runs, results_dir as default_dir
+    from edgekit.results.store import list_runs, results_dir as default_dir
 
     _print_rows(_json_rows(list_runs(results_dir)), as_json, f"runs in {default_dir(results_dir)}")
 
 
 @results.command("show")
 @click.argument("run_id")
-@_results_option
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
-@click.option("--json", "as_json", is_flag=True)
+@opt.results_option
+@opt.out_option
+@opt.json_option
 def results_show(run_id: str, results_dir: str | None, out_file: str | None, as_json: bool) -> None:
     """A run's rows, a table per device."""
-    from edgekit.bench.store import Run
+    from edgekit.results.store import Run
 
-    try:
-        run = Run.open(run_id, results_dir)
-        df, meta = run.rows(), run.meta
-    except EdgekitError as exc:
-        _fail(exc)
+    run = Run.open(run_id, results_dir)
+    df, meta = run.rows(), run.meta
     if emit_rows(df, out_file, as_json):
         return
     console = _stdout()
@@ -238,19 +207,16 @@ def results_show(run_id: str, results_dir: str | None, out_file: str | None, as_
 @results.command("compare")
 @click.argument("run_a")
 @click.argument("run_b")
-@_results_option
+@opt.results_option
 @click.option("--all", "show_all", is_flag=True, help="Also show changes within noise.")
 @click.option("--fail-on-regression", is_flag=True, help="Exit status 1 when B regressed anywhere.")
-@click.option("--json", "as_json", is_flag=True)
+@opt.json_option
 def results_compare(run_a: str, run_b: str, results_dir: str | None, show_all: bool, fail_on_regression: bool,
                     as_json: bool) -> None:
     """RUN_B against RUN_A: flags a change only where it exceeds the measurements' own 95 % interval."""
-    from edgekit.bench.compare import compare_runs, regressions
+    from edgekit.results.compare import compare_runs, regressions
 
-    try:
-        cmp = compare_runs(edgekit.load_run(run_a, results_dir), edgekit.load_run(run_b, results_dir))
-    except EdgekitError as exc:
-        _fail(exc)
+    cmp = compare_runs(edgekit.load_run(run_a, results_dir), edgekit.load_run(run_b, results_dir))
     if as_json:
         click.echo(json.dumps(_json_rows(cmp), indent=2))
     else:
@@ -293,23 +259,20 @@ def _g(v: Any, signed: bool = False) -> str:
 @click.argument("run_id")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False), default="report.html", show_default=True)
 @click.option("--png-dir", type=click.Path(file_okay=False), help="Where the PNGs go (default: beside the page).")
-@_results_option
+@opt.results_option
 def report(run_id: str, output: str, png_dir: str | None, results_dir: str | None) -> None:
     """A self-contained HTML page of a run: plots (latency vs accuracy with the Pareto front, latency,
     memory, energy where measured), the table, failures and device facts; also PNGs."""
-    from edgekit.bench.store import Run
+    from edgekit.results.store import Run
 
-    try:
-        run = Run.open(run_id, results_dir)
-        files = _write_report(run.rows(), run.root, Path(output), png_dir)
-    except EdgekitError as exc:
-        _fail(exc)
+    run = Run.open(run_id, results_dir)
+    files = _write_report(run.rows(), run.root, Path(output), png_dir)
     click.echo(f"{files.html} ({len(files.pngs)} plots; PNGs in {next(iter(files.pngs.values())).parent})"
                if files.pngs else str(files.html))
 
 
 def _write_report(df: Any, run_dir: Path, output: Path, png_dir: str | None = None) -> Any:
-    from edgekit.bench.report import write_report
-    from edgekit.bench.store import Run
+    from edgekit.results.report import write_report
+    from edgekit.results.store import Run
 
     return write_report(df, Run(run_dir).meta, output, png_dir=Path(png_dir) if png_dir else None)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import math
 import os
-import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 import edgekit
+import edgekit.cli._options as opt
 from edgekit.errors import EdgekitError
 
 TABLE_COLUMNS = [
@@ -42,17 +42,30 @@ def escape(value: Any) -> str:
     device sends back is untrusted) shown as ``\\x1b``, never sent to the terminal."""
     from rich.markup import escape as escape_markup
 
-    from edgekit.bench.results import printable
+    from edgekit.results.rows import printable
 
     return escape_markup(printable(value))
 
 
-def _fail(exc: EdgekitError) -> None:
-    _stderr().print(f"[bold red]error:[/] {escape(exc)}", markup=True, highlight=False)
+def _fail(exc: EdgekitError) -> NoReturn:
+    """The one way an :class:`EdgekitError` ends a command: its one line on stderr, exit status 2."""
+    _stderr().print(f"[bold red]error:[/] {escape(exc)}", markup=True, highlight=False, soft_wrap=True)
     raise SystemExit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class EdgekitGroup(click.Group):
+    """The ``edgekit`` group: every command runs inside its :meth:`invoke`, so an :class:`EdgekitError`
+    from any command (or subcommand group) is reported here, once, by :func:`_fail`. This holds for
+    ``main`` (``standalone_mode=False``) and for click's own ``cli.main()`` / ``CliRunner`` alike."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            _fail(exc)
+
+
+@click.group(cls=EdgekitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(edgekit.__version__, prog_name="edgekit")
 @click.option("--profiles", "profiles_dir", type=click.Path(file_okay=False), help="Extra folder of profile YAMLs.")
 @click.option("--targets-dir", type=click.Path(file_okay=False), help="Extra folder of target YAMLs.")
@@ -64,96 +77,34 @@ def cli(profiles_dir: str | None, targets_dir: str | None) -> None:
         os.environ["EDGEKIT_TARGETS"] = os.pathsep.join(filter(None, [os.environ.get("EDGEKIT_TARGETS"), targets_dir]))
 
 
-_devices_option = click.option(
-    "--devices", "devices_file", type=click.Path(dir_okay=False),
-    help="devices.yaml to use (default: $EDGEKIT_DEVICES, else ./devices.yaml).")
-_trust_option = click.option(
-    "--trust-new-host", is_flag=True,
-    help="Accept an SSH host key seen for the first time and record it in known_hosts.")
-
-
-_BENCH_OPTIONS = [
-    click.option("--threads", help="Threads for each runtime, or several (1,2,4: a row each). Default: the profile's."),
-    click.option("--min-iterations", type=int, default=50, show_default=True, help="Timed runs at least."),
-    click.option("--min-seconds", "--min-duration", "min_seconds", type=float, default=1.0, show_default=True,
-                 help="Timed seconds at least (MLPerf-style minimum duration; minutes are fine)."),
-    click.option("--warmup-iterations", type=int, default=10, show_default=True),
-    click.option("--warmup-seconds", type=float, default=0.2, show_default=True),
-    click.option("--idle-seconds", type=float, default=0.5, show_default=True,
-                 help="Idle power baseline before each timed window (where a power sensor reads)."),
-    click.option("--external-meter",
-                 help="Command printing joules or watts per call (e.g. 'meter-read --port /dev/ttyUSB0')."),
-    click.option("--no-energy", is_flag=True, help="Do not read energy sensors."),
-    click.option("--profile-ops", is_flag=True, help="Also profile per op (separate pass, after timing)."),
-]
-
-
-def bench_options(f: Any) -> Any:
-    """How hard to measure: the options ``deploy`` and ``bench`` share; :func:`bench_config` reads them."""
-    for option in reversed(_BENCH_OPTIONS):
-        f = option(f)
-    return f
-
-
-def bench_config(threads: str | None, min_iterations: int, min_seconds: float, warmup_iterations: int,
-                 warmup_seconds: float, idle_seconds: float, external_meter: str | None, no_energy: bool,
-                 profile_ops: bool) -> Any:
-    from edgekit import BenchConfig
-
-    return BenchConfig(
-        min_iterations=min_iterations, min_seconds=min_seconds, warmup_iterations=warmup_iterations,
-        warmup_seconds=warmup_seconds, threads=_thread_counts(threads), idle_seconds=idle_seconds,
-        external_meter=shlex.split(external_meter) if external_meter else None, energy=not no_energy,
-        profile_ops=profile_ops)
-
-
-def _csv(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
-
-
 @cli.command()
-@click.option("--device", default="local", show_default=True, help="Device name from devices.yaml, or local.")
-@click.option("--model", required=True, help="digits-cnn | mobilenet-v2 | FILE.pt2 | FILE.pt | package.module:function")
-@click.option("--profile", help="Profile name or YAML path (default: the device's).")
-@click.option("--targets", help="Comma-separated targets (default: the profile's).")
-@click.option("--precisions", help="Comma-separated precisions (default: the profile's).")
-@click.option("--calibration", type=click.Path(dir_okay=False), help="Calibration samples: .npy, .npz or .pt.")
-@click.option("--input-shape", help="Input shape(s), e.g. 1,3,224,224 (several: separate with ';').")
-@click.option("--allow-pickle", is_flag=True, help="Load a .pt model with full pickle (runs code: trusted files only).")
-@click.option("--recipe", "recipe_file", type=click.Path(dir_okay=False),
-              help="Compress by this recipe YAML first (see `edgekit compress`).")
-@bench_options
-@click.option("--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False))
+@opt.device_option
+@opt.model_option()
+@opt.build_and_measure_options
+@opt.out_dir_option
 @click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Also write the rows to this .parquet file.")
-@_devices_option
-@_trust_option
-@click.option("--json", "as_json", is_flag=True, help="Print the rows as a JSON list on stdout.")
+@opt.out_option
+@opt.devices_file_option
+@opt.trust_option
+@opt.json_option
 def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
            calibration: str | None, input_shape: str | None, allow_pickle: bool, recipe_file: str | None,
-           threads: str | None,
-           min_iterations: int, min_seconds: float, warmup_iterations: int, warmup_seconds: float,
-           idle_seconds: float, external_meter: str | None, no_energy: bool, profile_ops: bool, out_dir: str,
-           jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
-           as_json: bool) -> None:
+           out_dir: str, jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
+           as_json: bool, **measure: Any) -> None:
     """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
     console = _stderr()
-    try:
-        config = bench_config(threads, min_iterations, min_seconds, warmup_iterations, warmup_seconds, idle_seconds,
-                              external_meter, no_energy, profile_ops)
-        with console.status("starting") as status:
-            df = edgekit.deploy(
-                model, device, profile=profile, targets=_csv(targets), precisions=_csv(precisions),
-                calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-                recipe=recipe_file, out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
-                trust_new_host=trust_new_host, on_event=lambda msg: status.update(msg),
-            )
-    except EdgekitError as exc:
-        _fail(exc)
+    config = opt.bench_config(**measure)
+    with console.status("starting") as status:
+        df = edgekit.deploy(
+            model, device, profile=profile, targets=opt.csv(targets), precisions=opt.csv(precisions),
+            calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
+            recipe=recipe_file, out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
+            trust_new_host=trust_new_host, on_event=lambda msg: status.update(msg),
+        )
     if emit_rows(df, out_file, as_json):
         return
     _print_table(df)
-    if profile_ops:
+    if config.profile_ops:
         _print_ops(df)
     if out_file:
         console.print(f"rows written to {out_file}")
@@ -162,7 +113,7 @@ def deploy(device: str, model: str, profile: str | None, targets: str | None, pr
 def emit_rows(df: Any, out_file: str | None, as_json: bool) -> bool:
     """Write ``--out`` (parquet) and, with ``--json``, print the rows; True when stdout is done."""
     if out_file:
-        from edgekit.bench.store import write_parquet
+        from edgekit.results.store import write_parquet
 
         write_parquet(df, Path(out_file))
     if as_json:
@@ -170,20 +121,11 @@ def emit_rows(df: Any, out_file: str | None, as_json: bool) -> bool:
     return as_json
 
 
-def _thread_counts(text: str | None) -> tuple[int, ...] | None:
-    if not text:
-        return None
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: give thread counts like 4 or 1,2,4", param_hint="--threads") from None
-
-
 def _print_ops(df: Any, top: int = 8) -> None:
     """The slowest ops of each artifact, or why its runtime gave no per-op profile."""
     from rich.table import Table
 
-    from edgekit.bench.results import op_table
+    from edgekit.results.rows import op_table
 
     console, ops = _stdout(), op_table(df)
     for _, row in df.iterrows():
@@ -281,14 +223,11 @@ def devices() -> None:
 
 
 @devices.command("list")
-@_devices_option
-@click.option("--json", "as_json", is_flag=True)
+@opt.devices_file_option
+@opt.json_option
 def devices_list(devices_file: str | None, as_json: bool) -> None:
     """List registered devices (no connection is made)."""
-    try:
-        items = edgekit.load_devices(devices_file)
-    except EdgekitError as exc:
-        _fail(exc)
+    items = edgekit.load_devices(devices_file)
     rows = [{"name": d.name, "kind": d.kind, "host": getattr(d, "host", "-"), "port": getattr(d, "port", "-"),
              "user": getattr(d, "user", None) or "-", "profile": d.profile or "(host's)", "tags": d.tags,
              "python": d.python or "(this one)", "workdir": d.workdir or "-"} for d in items.values()]
@@ -297,27 +236,42 @@ def devices_list(devices_file: str | None, as_json: bool) -> None:
 
 @devices.command("check")
 @click.argument("name")
-@click.option("--profile", help="Check against this profile instead of the device's.")
-@_devices_option
-@_trust_option
-@click.option("--json", "as_json", is_flag=True)
+@opt.profile_option
+@opt.devices_file_option
+@opt.trust_option
+@opt.json_option
 def devices_check(name: str, profile: str | None, devices_file: str | None, trust_new_host: bool,
                   as_json: bool) -> None:
     """Connect to NAME and report its CPU, memory, OS, python, runtimes, energy sensors, and what is missing.
 
     Exit status 1 when the device lacks something its profile needs.
     """
-    try:
-        with _stderr().status(f"checking {name}"):
-            check = edgekit.check_device(name, profile=profile, devices_file=devices_file,
-                                         trust_new_host=trust_new_host)
-    except EdgekitError as exc:
-        _fail(exc)
+    with _stderr().status(f"checking {name}"):
+        check = edgekit.check_device(name, profile=profile, devices_file=devices_file, trust_new_host=trust_new_host)
     if as_json:
         click.echo(json.dumps(check.to_dict(), indent=2))
     else:
         _print_check(check)
     raise SystemExit(0 if check.ok else 1)
+
+
+def _gpu_facts(info: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The GPU, driver, CUDA and TensorRT versions and onnxruntime's providers, as ``devices check`` lists them."""
+    gpu: dict[str, Any] = info["gpu"] if isinstance(info.get("gpu"), dict) else {}
+    devices = [d for d in gpu.get("devices") or [] if isinstance(d, dict)]
+    if devices:
+        shown = "; ".join(str(d.get("name")) for d in devices)
+        shown += f" (driver {gpu.get('driver')}, CUDA {gpu.get('cuda_driver_version')})"
+    elif gpu.get("jetson"):
+        shown = "Jetson integrated GPU (sysfs)"
+    else:
+        shown = f"none: {gpu.get('reason') or 'not reported'}"
+    providers = info.get("onnxruntime_providers")
+    trt: dict[str, Any] = info["tensorrt"] if isinstance(info.get("tensorrt"), dict) else {}
+    return [("gpu", shown),
+            ("onnxruntime providers", ", ".join(map(str, providers)) if isinstance(providers, list)
+             else info.get("onnxruntime_providers_reason")),
+            ("tensorrt", trt.get("version") or trt.get("reason"))]
 
 
 def _print_check(check: Any) -> None:
@@ -334,6 +288,7 @@ def _print_check(check: Any) -> None:
              ("python", f"{info.get('python')} ({info.get('python_executable')})"), ("numpy", info.get("numpy"))]
     for fmt, rt in sorted(info.get("runtimes", {}).items()):
         facts.append((f"runtime {fmt}", f"{rt['package']} {rt['version']}" if rt.get("package") else "missing"))
+    facts += _gpu_facts(info)
     energy = info.get("energy", {})
     facts.append(("energy", energy.get("source") if energy.get("available") else "none readable"))
     for key, value in facts:
@@ -350,14 +305,11 @@ def _print_check(check: Any) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@opt.json_option
 def profiles(as_json: bool) -> None:
     """List hardware profiles (built-in and your own)."""
-    try:
-        items = edgekit.list_profiles()
-        host = edgekit.host_profile().name
-    except EdgekitError as exc:
-        _fail(exc)
+    items = edgekit.list_profiles()
+    host = edgekit.host_profile().name
     rows = [{"name": p.name, "host": p.name == host, "arch": p.arch, "backend": p.backend,
              "precisions": p.precisions, "quantization": f"{p.quantization.mode} w:{p.quantization.weight.granularity}"
              f"{'/sym' if p.quantization.weight.symmetric else '/asym'} a:{p.quantization.activation.dtype}",
@@ -367,16 +319,14 @@ def profiles(as_json: bool) -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True)
+@opt.json_option
 def targets(as_json: bool) -> None:
     """List export targets and their parity tolerances."""
-    try:
-        items = edgekit.list_targets()
-    except EdgekitError as exc:
-        _fail(exc)
-    rows = [{"name": t.name, "format": t.format, "extension": t.extension, "precisions": t.precisions,
-             "tolerance": {k: v.model_dump(exclude_none=True) for k, v in t.tolerance.items()}, "source": t.source}
-            for t in items.values()]
+    items = edgekit.list_targets()
+    rows: list[dict[str, Any]] = [
+        {"name": t.name, "format": t.format, "extension": t.extension, "precisions": t.precisions,
+         "tolerance": {k: v.model_dump(exclude_none=True) for k, v in t.tolerance.items()}, "source": t.source}
+        for t in items.values()]
     if not as_json:
         for row in rows:
             row["tolerance"] = [_tolerance_text(p, bounds) for p, bounds in row["tolerance"].items()]

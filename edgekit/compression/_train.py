@@ -1,4 +1,4 @@
-"""The one training loop behind fine-tuning, distillation and QAT, and the one accuracy check.
+"""The one training loop behind fine-tuning, distillation and QAT.
 
 Training data is either a :class:`~edgekit.models.TrainSet` (built-in models bring one) or any re-iterable
 of ``(inputs, labels)`` batches, such as a ``torch.utils.data.DataLoader``; ``inputs`` is a tensor or a
@@ -13,8 +13,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+# The one accuracy check lives with CompressedModel (compression.model); still importable from here, where
+# scripts/bench/compression.py takes it.
+from edgekit.compression.model import accuracy  # noqa: F401
 from edgekit.errors import CompressError
-from edgekit.models import EvalSet, Inputs, ModelSpec, TrainSet, as_inputs
+from edgekit.models import Inputs, ModelSpec, TrainSet, as_inputs
 
 # loss(model, inputs, labels) -> scalar tensor; distillation and feature matching plug in here.
 LossFn = Callable[[torch.nn.Module, Inputs, torch.Tensor], torch.Tensor]
@@ -142,16 +145,6 @@ def _progress(total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="step", leave=False, disable=not sys.stderr.isatty(), file=sys.stderr)
-
-
-def accuracy(module: torch.nn.Module | Callable[..., Any], eval_set: EvalSet) -> float:
-    """Top-1 on the held-out set, the same definition every artifact and device is scored with."""
-    from edgekit.compression import flat_outputs, top1_accuracy
-
-    if isinstance(module, torch.nn.Module):
-        module.eval()
-    with torch.no_grad():
-        return top1_accuracy(lambda x: flat_outputs(module(*x)), eval_set)
 
 
 def train_data_for(spec: ModelSpec, given: TrainData | None, method: str) -> TrainData:

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
-from edgekit.compression._train import TrainData, TrainSettings, batches, first_output, train
+from edgekit.compression._steps import StepContext, StepResult, register_step_handler
+from edgekit.compression._train import TrainData, TrainSettings, batches, first_output, mask_keeper, train
+from edgekit.config.recipe import Distill
 from edgekit.errors import CompressError
-from edgekit.models import Inputs
+from edgekit.models import Inputs, ModelSpec
 
 
 @dataclass
@@ -107,7 +109,7 @@ class _FeatureTaps:
         self.hooks += [t_mods[t].register_forward_hook(self._keep(f"t:{t}")) for t in pairs.values()]
         self.student, self.teacher = student, teacher
 
-    def _keep(self, key: str):  # type: ignore[no-untyped-def]
+    def _keep(self, key: str) -> Callable[[nn.Module, object, object], None]:
         def hook(_m: nn.Module, _i: object, out: object) -> None:
             self.seen[key] = first_output(out)
         return hook
@@ -137,7 +139,7 @@ class _FeatureTaps:
         for i, (s, t) in enumerate(self.pairs.items()):
             fs, ft = projections[str(i)](self.seen[f"s:{s}"]), self.seen[f"t:{t}"].detach()
             if fs.dim() == 4 and fs.shape[-2:] != ft.shape[-2:]:
-                fs = torch.nn.functional.adaptive_avg_pool2d(fs, ft.shape[-2:])
+                fs = torch.nn.functional.adaptive_avg_pool2d(fs, (ft.shape[-2], ft.shape[-1]))
             total = total + torch.nn.functional.mse_loss(fs, ft)
         return total
 
@@ -145,3 +147,24 @@ class _FeatureTaps:
         for h in self.hooks:
             h.remove()
         self.seen.clear()
+
+
+@register_step_handler(Distill)
+def _distill_step(step: Distill, ctx: StepContext) -> StepResult:
+    """A recipe's ``distill`` step: the teacher is the model before the recipe; the student the model as the
+    previous steps left it, or ``step.student``."""
+    st = ctx.state
+    if step.student is not None:
+        st.module = _student(step.student, ctx.spec)
+    report = distill(st.module, ctx.teacher, ctx.data("distill"), ctx.settings(step.train),
+                     temperature=step.temperature, alpha=step.alpha, features=step.features, beta=step.beta,
+                     after_step=mask_keeper(st.module, st.masks))
+    return ctx.result(report.summary())
+
+
+def _student(student: Any, spec: ModelSpec) -> nn.Module:
+    if isinstance(student, nn.Module):
+        return copy.deepcopy(student)
+    from edgekit.models import load_model
+
+    return load_model(str(student), example_inputs=spec.example_inputs).module

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, cast
 
 import torch
 from torch import nn
 
+from edgekit.compression._steps import StepContext, StepResult, register_step_handler
+from edgekit.config.recipe import LowRank
 from edgekit.errors import CompressError
 
 __all__ = ["FactorizedLayer", "LowRankReport", "eligible_layers", "factorize"]
@@ -80,7 +82,7 @@ class LowRankReport:
                 f"{self.model_params_after}")
 
 
-def eligible_layers(module: nn.Module) -> dict[str, nn.Module]:
+def eligible_layers(module: nn.Module) -> dict[str, nn.Linear | nn.Conv2d]:
     """Layers ``factorize`` can act on: every nn.Linear and every ungrouped nn.Conv2d, by module name."""
     inside_pair = {f"{name}." for name, m in module.named_modules() if getattr(m, _MARK, False)}
     return {
@@ -125,7 +127,8 @@ def factorize(
             report.skipped[name] = f"{m * n} weights < min_params={min_params}"
             continue
         s = torch.linalg.svdvals(weight.reshape(m, n).double())
-        rank = _rank_for_energy(s, energy) if energy is not None else math.floor(param_ratio * m * n / (m + n))
+        rank = (_rank_for_energy(s, energy) if energy is not None  # else param_ratio is set: _check_args
+                else math.floor(cast(float, param_ratio) * m * n / (m + n)))
         if rank < 1:
             report.skipped[name] = f"param_ratio={param_ratio} leaves rank 0 for a {m}x{n} weight"
             continue
@@ -168,7 +171,7 @@ def _rank_for_energy(s: torch.Tensor, energy: float) -> int:
     return int((kept < energy - 1e-9).sum()) + 1
 
 
-def _factor(layer: nn.Module, rank: int) -> nn.Sequential:
+def _factor(layer: nn.Linear | nn.Conv2d, rank: int) -> nn.Sequential:
     """The two-layer replacement at ``rank``: ``first`` projects to ``rank`` channels, ``second`` expands."""
     weight = layer.weight.detach()
     m = weight.shape[0]
@@ -178,18 +181,19 @@ def _factor(layer: nn.Module, rank: int) -> nn.Sequential:
     b = (u[:, :rank] * root[None, :]).to(weight.dtype)  # (m, rank)
     bias = layer.bias is not None
     if isinstance(layer, nn.Linear):
-        first: nn.Module = nn.Linear(layer.in_features, rank, bias=False)
-        second: nn.Module = nn.Linear(rank, m, bias=bias)
+        first: nn.Linear | nn.Conv2d = nn.Linear(layer.in_features, rank, bias=False)
+        second: nn.Linear | nn.Conv2d = nn.Linear(rank, m, bias=bias)
         first.weight.data.copy_(a)
         second.weight.data.copy_(b)
     else:
         assert isinstance(layer, nn.Conv2d)
-        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,
-                          dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode)
+        # The stubs type a Conv2d's own kernel_size/stride/padding/dilation tuple[int, ...]; they are 2-tuples.
+        first = nn.Conv2d(layer.in_channels, rank, layer.kernel_size, stride=layer.stride, padding=layer.padding,  # type: ignore[arg-type]
+                          dilation=layer.dilation, bias=False, padding_mode=layer.padding_mode)  # type: ignore[arg-type]
         second = nn.Conv2d(rank, m, 1, bias=bias)
         first.weight.data.copy_(a.reshape(rank, *weight.shape[1:]))
         second.weight.data.copy_(b.reshape(m, rank, 1, 1))
-    if bias:
+    if layer.bias is not None and second.bias is not None:  # both or neither: second has bias=bias
         second.bias.data.copy_(layer.bias.detach())
     pair = nn.Sequential(first, second).to(device=weight.device)
     pair.train(layer.training)
@@ -207,3 +211,14 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 def _count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+@register_step_handler(LowRank)
+def _lowrank_step(step: LowRank, ctx: StepContext) -> StepResult:
+    """A recipe's ``lowrank`` step: factorize, then fine-tune the factors."""
+    st = ctx.state
+    report = factorize(st.module, energy=step.energy, param_ratio=step.param_ratio, layers=step.layers)
+    st.masks = {}  # factorized layers are new tensors: the old zeros mean nothing there
+    if step.finetune.epochs:
+        ctx.fit(st.module, step.finetune, "lowrank fine-tune")
+    return ctx.result(report.summary())

@@ -23,6 +23,9 @@ from typing import Any, Callable, Literal, Sequence
 import torch
 from torch import nn
 
+from edgekit.compression._steps import StepContext, StepResult, register_step_handler
+from edgekit.compression._train import sparsity_masks
+from edgekit.config.recipe import Prune
 from edgekit.errors import CompressError
 from edgekit.models import Inputs
 
@@ -157,10 +160,10 @@ def _prune_channels(
 
 
 def _width(m: nn.Module) -> int:
-    return m.out_features if isinstance(m, nn.Linear) else m.out_channels  # type: ignore[union-attr,return-value]
+    return m.out_features if isinstance(m, nn.Linear) else m.out_channels  # type: ignore[return-value]
 
 
-def _weights(module: nn.Module, ignored: set[str]) -> list[tuple[str, nn.Module]]:
+def _weights(module: nn.Module, ignored: set[str]) -> list[tuple[str, nn.Conv1d | nn.Conv2d | nn.Conv3d | nn.Linear]]:
     return [(n, m) for n, m in module.named_modules() if isinstance(m, _PRUNABLE) and n not in ignored]
 
 
@@ -229,3 +232,23 @@ def _prune_2_4(module: nn.Module, finetune: Finetune | None, ignored: set[str]) 
         tprune.remove(m, "weight")
         report.layers[name] = "2:4"
     return report
+
+
+@register_step_handler(Prune)
+def _prune_step(step: Prune, ctx: StepContext) -> StepResult:
+    """A recipe's ``prune`` step: prune with fine-tuning rounds; zeros left by unstructured / 2:4 stay zero
+    through later training."""
+    st = ctx.state
+    granularity = step.granularity
+    ratio = 0.5 if granularity == "2:4" else step.ratio
+
+    def finetune(module: nn.Module, round_index: int) -> None:
+        if step.finetune.epochs:
+            ctx.fit(module, step.finetune, f"prune round {round_index + 1} fine-tune")
+
+    report = prune(st.module, ctx.spec.example_inputs, granularity=granularity, ratio=ratio,  # type: ignore[arg-type]
+                   importance=step.importance, iterations=step.iterations, finetune=finetune,
+                   ignore=step.ignore, round_to=step.round_to)
+    if granularity != "channel":
+        st.masks.update(sparsity_masks(st.module))
+    return ctx.result(report.summary())

@@ -3,8 +3,9 @@
 QAT's result belongs to a quantizer: its observers learn the ranges that quantizer's kernels will use. So a
 model compressed with a ``qat`` step fine-tunes once per backend quantizer at export (XNNPACKQuantizer
 for ExecuTorch and ONNX, litert-torch's PT2EQuantizer for TFLite), through the same
-prepare -> train -> convert path PTQ takes with calibration. Results are cached per quantizer in the
-process, so the recipe's own accuracy check and the ExecuTorch export share one run.
+prepare -> train -> convert path PTQ takes with calibration (compression.quantize builds the quantizers
+and hands them to ``QatPlan.quantize``). Results are cached per quantizer in the process, so the recipe's
+own accuracy check and the ExecuTorch export share one run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from edgekit.compression._steps import StepContext, StepResult, register_step_handler
 from edgekit.compression._train import TrainData, TrainSettings, batches, mask_keeper, train
+from edgekit.config.recipe import Qat
 from edgekit.errors import CompressError
 from edgekit.models import Inputs
 
@@ -39,11 +42,19 @@ class QatPlan:
     def quantize(
         self, module: nn.Module, quantizer: Any, *, fold_quantize: bool = True, fp32_layers: tuple[str, ...] = (),
     ) -> torch.fx.GraphModule:
-        key = (type(quantizer).__module__, type(quantizer).__qualname__, fold_quantize, fp32_layers)
+        key = (type(quantizer).__module__, type(quantizer).__qualname__, _weight_range(quantizer), fold_quantize,
+               fp32_layers)
         if key not in self._cache:
             self._cache[key] = qat_quantize(module, quantizer, self.data, self.settings, fold_quantize=fold_quantize,
                                            masks=self.masks)
         return self._cache[key]
+
+
+def _weight_range(quantizer: Any) -> tuple[Any, Any]:
+    """The weights' integer range: one quantizer class serves 8-bit (ExecuTorch) and 7-bit (onnxruntime on
+    x86) weights, and a QAT result learned for one range is not the other's."""
+    spec = getattr(getattr(quantizer, "global_config", None), "weight", None)
+    return getattr(spec, "quant_min", None), getattr(spec, "quant_max", None)
 
 
 class _TrainableExport(nn.Module):
@@ -98,3 +109,12 @@ def _capture_for_training(module: nn.Module, batch: Inputs) -> torch.fx.GraphMod
             "not fix its batch size (e.g. a reshape to a literal 1: use x.flatten(1) or x.shape[0])"
         ) from exc
     return program.module()
+
+
+@register_step_handler(Qat)
+def _qat_step(step: Qat, ctx: StepContext) -> StepResult:
+    """A recipe's ``qat`` step: plan QAT (pruned zeros kept zero); scored as the QAT int8 model."""
+    st = ctx.state
+    st.qat = QatPlan(ctx.settings(step.train), ctx.data("qat"), masks=dict(st.masks))
+    return ctx.result(f"QAT {step.train.epochs} epoch(s) at lr {step.train.lr:g}; int8 artifacts fine-tune with "
+                      "their target's quantizer", int8=True)

@@ -16,7 +16,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgekit.compression import CompressedModel, flat_outputs, top1_accuracy
+from edgekit.compression._steps import StepContext, StepResult, register_step_handler
+from edgekit.compression.model import CompressedModel, accuracy, flat_outputs, top1_accuracy
+from edgekit.compression.quantize import (
+    calibrate,
+    calibration_samples,
+    capture,
+    keep_layers_fp32,
+    ptq_patterns_only,
+    quantized_layers,
+    quantizer_for,
+)
+from edgekit.config.recipe import MixedPrecision
 from edgekit.errors import CompressError
 
 if TYPE_CHECKING:
@@ -73,7 +84,7 @@ def layer_sensitivity(
         raise CompressError(f"layer_sensitivity: model {cm.name!r} has no Conv/Linear layer to quantize")
     chosen = list(candidates) if layers is None else _check_names(list(layers), cm.spec.module, "layer_sensitivity")
     reference = cm.reference_outputs()
-    captured = torch.export.export(cm.spec.module, cm.spec.example_inputs).module()
+    captured = capture(cm).module()
     rows = []
     for name in chosen:
         others = [n for n in candidates if n != name and not n.startswith(name + ".")]
@@ -165,34 +176,9 @@ def _quantize_all_but(
     conv->relu pattern whose relu is a sibling module (``nn.Sequential(conv, bn, relu)``), so the conv
     silently stays fp32. Excluding every other layer quantizes the conv together with its relu.
     """
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
-
-    from edgekit.exporters._pt2e import keep_layers_fp32, quantized_layers
-
-    prepared = prepare_pt2e(copy.deepcopy(captured), keep_layers_fp32(_xnnpack_quantizer(cm), fp32))
-    with torch.no_grad():
-        for sample in cm.calibration or [cm.spec.example_inputs]:  # one at a time, as the exporters do
-            prepared(*sample)
-    gm = convert_pt2e(prepared)
+    quantizer = keep_layers_fp32(ptq_patterns_only(quantizer_for("xnnpack", cm.profile.quantization)), fp32)
+    gm = calibrate(copy.deepcopy(captured), quantizer, calibration_samples(cm))
     return gm, quantized_layers(gm)
-
-
-def _xnnpack_quantizer(cm: CompressedModel) -> Any:
-    try:
-        from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
-            XNNPACKQuantizer,
-            get_symmetric_quantization_config,
-        )
-    except ImportError as exc:
-        raise CompressError("layer_sensitivity measures with ExecuTorch's XNNPACKQuantizer; install "
-                            "edgekit[executorch]") from exc
-    q = cm.profile.quantization
-    config = get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic")
-    quantizer = XNNPACKQuantizer().set_global(config)
-    # Post-training prepare_pt2e folds BatchNorm into the conv before annotating, so the conv+bn patterns
-    # (QAT's) can never match; building them re-traces 12 pattern graphs (~6 s) per layer measured.
-    quantizer.SUPPORTED_PATTERNS = [p for p in XNNPACKQuantizer.SUPPORTED_PATTERNS if "_bn" not in p.name]
-    return quantizer
 
 
 def _run(gm: torch.fx.GraphModule, samples: Sequence[tuple[torch.Tensor, ...]]) -> list[list[np.ndarray]]:
@@ -206,3 +192,19 @@ def _accuracy(gm: torch.fx.GraphModule, cm: CompressedModel) -> dict[str, float]
         acc = top1_accuracy(lambda x: flat_outputs(gm(*x)), cm.spec.eval_set)
     ref = cm.reference_accuracy if cm.reference_accuracy is not None else acc
     return {"accuracy": acc, "accuracy_drop_pts": 100.0 * (ref - acc)}
+
+
+@register_step_handler(MixedPrecision)
+def _mixed_precision_step(step: MixedPrecision, ctx: StepContext) -> StepResult:
+    """A recipe's ``mixed_precision`` step: keep the most sensitive (or the named) layers fp32; scored as
+    the int8 model that leaves."""
+    variant = ctx.variant()
+    if ctx.spec.eval_set is not None:  # accuracy drops are measured against this step's own fp32 model
+        variant.reference_accuracy = accuracy(ctx.state.module, ctx.spec.eval_set)
+    if isinstance(step.keep_fp32, int):
+        table = layer_sensitivity(variant, metric=step.metric)
+        kept = keep_fp32(variant, n=step.keep_fp32, sensitivity=table)
+    else:
+        kept = keep_fp32(variant, layers=step.keep_fp32)
+    ctx.state.fp32_layers = list(kept.fp32_layers)
+    return ctx.result(f"fp32 layers: {', '.join(ctx.state.fp32_layers) or 'none'}", int8=True)

@@ -1,6 +1,6 @@
-"""Validated configuration: profiles, targets, devices, recipes."""
+"""Validated configuration: profiles, targets, devices, recipes, benchmark settings."""
 
-from edgekit.config.device import LocalDevice, SshDevice, get_device, load_devices
+from edgekit.config.device import LocalDevice, SshDevice, device_profile, get_device, load_devices, with_trust
 from edgekit.config.profile import Profile, QuantizationScheme, host_profile, list_profiles, load_profile
 from edgekit.config.recipe import (
     Backoff,
@@ -32,6 +32,7 @@ __all__ = [
     "Target",
     "Tolerance",
     "TrainSpec",
+    "device_profile",
     "get_device",
     "host_profile",
     "list_profiles",
@@ -40,4 +41,5 @@ __all__ = [
     "load_profile",
     "load_recipe",
     "load_target",
+    "with_trust",
 ]

@@ -9,6 +9,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from edgekit.config._yaml import read_yaml, validate
+from edgekit.config.profile import Profile, host_profile, load_profile
 from edgekit.errors import ConfigError, UnknownNameError
 
 LOCAL = "local"
@@ -117,3 +118,17 @@ def get_device(name: str | LocalDevice | SshDevice, path: Path | str | None = No
     return devices[name]
 
 
+def device_profile(device: LocalDevice | SshDevice, override: str | Path | Profile | None = None) -> Profile:
+    """``override``, else the device's own profile, else (local only) the one matching this host."""
+    if override is not None:
+        return load_profile(override)
+    if device.profile:
+        return load_profile(device.profile)
+    return host_profile()
+
+
+def with_trust(device: LocalDevice | SshDevice, trust_new_host: bool) -> LocalDevice | SshDevice:
+    """The device, accepting (and recording) an unknown host key when the caller said so."""
+    if trust_new_host and isinstance(device, SshDevice):
+        return device.model_copy(update={"trust_new_host": True})
+    return device

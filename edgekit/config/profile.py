@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from edgekit.config._catalog import Catalog
+from edgekit.config.target import Precision, list_targets
 from edgekit.errors import ConfigError
-
-Precision = Literal["fp32", "fp16", "int8"]
 
 
 class _Strict(BaseModel):
@@ -22,6 +21,11 @@ class WeightScheme(_Strict):
     dtype: Literal["int8"] = "int8"
     granularity: Literal["per_channel", "per_tensor"] = "per_channel"
     symmetric: bool = True
+    # 7-bit weights. onnxruntime's x86 int8 kernels multiply u8 activations by s8 weights with AVX2's
+    # vpmaddubsw, whose int16 pair sums saturate with full 8-bit weights on CPUs without VNNI (measured on
+    # an AVX2-only EPYC: digits-cnn onnx int8 cosine 0.960, failing parity). Honoured by the ONNX exporter
+    # (onnxruntime's ``reduce_range``); XNNPACK and LiteRT widen before they multiply and need no such cut.
+    reduce_range: bool = False
 
 
 class ActivationScheme(_Strict):
@@ -50,16 +54,60 @@ class PruningScheme(_Strict):
     granularity: Literal["none", "unstructured", "channel", "2:4"] = "none"
 
 
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class TensorRtOptions(_Strict):
+    """TensorRT builder flags, passed to onnxruntime's TensorRT execution provider."""
+
+    fp16: bool = False
+    int8: bool = False  # takes its scales from the artifact's QDQ nodes (no TensorRT calibration)
+
+
+class ExecutionScheme(_Strict):
+    """Where the device runs an artifact: onnxruntime execution providers, in order of preference.
+
+    The agent asks for these on the device and reports which ran and how many graph nodes each took; a row
+    whose accelerator did not run says so and is never recommended (``accelerator_ok``).
+    """
+
+    providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"], min_length=1)
+    cpu_fallback: bool = True  # CPUExecutionProvider may take what the accelerator's providers cannot
+    tensorrt: TensorRtOptions = TensorRtOptions()
+
+    @model_validator(mode="after")
+    def _fallback_listed(self) -> "ExecutionScheme":
+        if self.cpu_fallback and "CPUExecutionProvider" not in self.providers:
+            raise ValueError("cpu_fallback is true but CPUExecutionProvider is not in providers: list it last")
+        if not self.cpu_fallback and "CPUExecutionProvider" in self.providers:
+            raise ValueError("cpu_fallback is false but CPUExecutionProvider is in providers: drop one")
+        return self
+
+
 class HostMatch(_Strict):
     """Which hosts the built-in ``local`` device maps to this profile."""
 
     arch: list[str] = Field(default_factory=list)
     files: list[str] = Field(default_factory=list, description="all must exist, e.g. /etc/nv_tegra_release")
+    providers: list[str] = Field(default_factory=list,
+                                 description="onnxruntime execution providers that must be available here")
 
     def matches(self, arch: str) -> bool:
         if self.arch and arch.lower() not in [a.lower() for a in self.arch]:
             return False
-        return all(Path(f).exists() for f in self.files) and bool(self.arch or self.files)
+        if not (all(Path(f).exists() for f in self.files) and bool(self.arch or self.files)):
+            return False
+        return not self.providers or set(self.providers) <= set(available_providers())
+
+
+def available_providers() -> list[str]:
+    """This host's onnxruntime execution providers ([] without onnxruntime): a GPU profile is this host's
+    only when its runtime can reach the GPU, not merely when a GPU is there."""
+    try:
+        import onnxruntime
+    except ImportError:
+        return []
+    return list(onnxruntime.get_available_providers())
 
 
 class PowerModel(_Strict):
@@ -91,9 +139,29 @@ class Profile(_Strict):
     targets: list[str] = Field(min_length=1, description="export targets to try, in order of preference")
     quantization: QuantizationScheme = QuantizationScheme()
     pruning: PruningScheme = PruningScheme()
+    execution: ExecutionScheme = ExecutionScheme()
     match: HostMatch = HostMatch()
     power_model: PowerModel | None = Field(default=None, description="estimate energy where no sensor reads")
     source: str | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _accelerator_has_providers(self) -> "Profile":
+        gpu = [p for p in self.execution.providers if p in GPU_PROVIDERS]
+        if self.accelerator == "cuda" and not gpu:
+            raise ValueError(f"accelerator cuda needs a GPU execution provider in execution.providers "
+                             f"({', '.join(GPU_PROVIDERS)})")
+        if self.accelerator == "none" and gpu:
+            raise ValueError(f"execution.providers lists {', '.join(gpu)} but accelerator is none: set "
+                             "accelerator: cuda")
+        return self
+
+    def execution_request(self) -> dict[str, Any] | None:
+        """What the agent is asked to run on (None: the CPU, as for every CPU profile)."""
+        if self.accelerator == "none":
+            return None
+        ex = self.execution
+        return {"accelerator": self.accelerator, "providers": list(ex.providers), "cpu_fallback": ex.cpu_fallback,
+                "tensorrt": ex.tensorrt.model_dump()}
 
     @field_validator("targets", "precisions")
     @classmethod
@@ -125,7 +193,6 @@ def check_targets(profile: Profile) -> None:
     from difflib import get_close_matches
 
     from edgekit.config._yaml import read_yaml
-    from edgekit.config.target import list_targets
 
     known = list_targets()
     for i, name in enumerate(profile.targets):

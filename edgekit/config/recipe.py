@@ -129,7 +129,8 @@ class Qat(_Step):
 
 
 Step = Annotated[Union[Prune, Distill, LowRank, MixedPrecision, Qat], Field(discriminator="method")]
-METHODS = {"prune": Prune, "distill": Distill, "lowrank": LowRank, "mixed_precision": MixedPrecision, "qat": Qat}
+# Step name (the YAML key) -> its config class; compression.recipe runs each through its registered handler.
+STEP_TYPES = {"prune": Prune, "distill": Distill, "lowrank": LowRank, "mixed_precision": MixedPrecision, "qat": Qat}
 
 
 class Budget(_Strict):
@@ -169,8 +170,8 @@ class Recipe(_Strict):
         for item in data["steps"]:
             if isinstance(item, dict) and len(item) == 1 and "method" not in item:
                 (method, body), = item.items()
-                if method not in METHODS:
-                    raise ValueError(f"unknown step {method!r}; valid: {', '.join(METHODS)}")
+                if method not in STEP_TYPES:
+                    raise ValueError(f"unknown step {method!r}; valid: {', '.join(STEP_TYPES)}")
                 item = {"method": method, **(body or {})} if isinstance(body, dict) or body is None else item
             steps.append(item)
         return {**data, "steps": steps}

@@ -8,7 +8,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, confloat
 
 from edgekit.config._catalog import Catalog
-from edgekit.config.profile import Precision
+
+# Defined here, not in profile.py: a profile names its targets, so profile.py imports this module and
+# never the other way round.
+Precision = Literal["fp32", "fp16", "int8"]
 
 
 class Tolerance(BaseModel):

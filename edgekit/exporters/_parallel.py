@@ -18,11 +18,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
-from edgekit.compression import CompressedModel
 from edgekit.config.target import Target
 from edgekit.exporters.base import Artifact
+
+if TYPE_CHECKING:
+    from edgekit.compression.model import CompressedModel
 
 # Rough relative cost, so the two workers get about equal shares.
 _COST = {("executorch", "int8"): 6, ("tflite", "int8"): 5, ("executorch", "fp32"): 4, ("tflite", "fp32"): 3}
@@ -87,7 +89,7 @@ def _worker_env() -> dict[str, str]:
 
 
 def _work(model_path: str, job_path: str, result_path: str) -> None:
-    from edgekit.exporters import export_one
+    from edgekit.exporters._build import export_one
 
     cm = pickle.loads(Path(model_path).read_bytes())
     job = pickle.loads(Path(job_path).read_bytes())

@@ -1,15 +1,24 @@
-"""The exporter contract and what an export produces."""
+"""The exporter contract, the registry of exporters by format, and what an export produces.
+
+Imports without torch: ``Artifact`` and ``ParityResult`` are plain dataclasses that the results store and
+the CLI read back without loading any toolchain, and each exporter's module loads only when its format
+is used.
+"""
 
 from __future__ import annotations
 
+import importlib
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from edgekit.compression import CompressedModel
-from edgekit.config.target import Target
+from edgekit.errors import UnknownNameError
+
+if TYPE_CHECKING:
+    from edgekit.compression.model import CompressedModel
+    from edgekit.config.target import Target
 
 
 @dataclass
@@ -42,6 +51,7 @@ class Artifact:
     inputs: Path | None = None
     eval_set: Path | None = None  # eval.npz: held-out inputs + labels, scored on the device
     power_model: dict[str, float] | None = None  # the profile's, for an energy estimate without a sensor
+    execution: dict[str, Any] | None = None  # the profile's accelerator and providers (None: the CPU)
     bytes: int | None = None
     parity: ParityResult | None = None
     accuracy: float | None = None
@@ -64,6 +74,21 @@ class Exporter(ABC):
     @abstractmethod
     def export(self, cm: CompressedModel, precision: str, target: Target, dest: Path) -> Path:
         """Write the artifact (and any side files) into ``dest``; return the main file's path."""
+
+
+# format -> "module:Class"; imported only when that format is used (heavy backends).
+EXPORTERS: dict[str, str] = {
+    "executorch": "edgekit.exporters.executorch:ExecutorchExporter",
+    "onnx": "edgekit.exporters.onnx:OnnxExporter",
+    "tflite": "edgekit.exporters.tflite:TfliteExporter",
+}
+
+
+def get_exporter(fmt: str) -> Exporter:
+    if fmt not in EXPORTERS:
+        raise UnknownNameError("export format", fmt, EXPORTERS)
+    mod, _, cls = EXPORTERS[fmt].partition(":")
+    return getattr(importlib.import_module(mod), cls)()
 
 
 _OP_PATTERNS = [

@@ -8,7 +8,8 @@ from typing import Any, Iterator
 
 import torch
 
-from edgekit.compression import CompressedModel
+from edgekit.compression.model import CompressedModel
+from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
 from edgekit.exporters.base import Exporter
@@ -41,11 +42,12 @@ class OnnxExporter(Exporter):
     def _export_qat(self, cm: CompressedModel, path: Path, target: Target) -> None:
         """QAT learns its ranges inside a pt2e quantizer: export that converted graph, whose quantize /
         dequantize ops become ONNX QDQ, rather than re-quantize with onnxruntime and lose what QAT learned.
-        The quantizer is XNNPACK's (symmetric per-channel int8 weights, int8 activations)."""
-        from edgekit.exporters._pt2e import quantize_pt2e
-        from edgekit.exporters.executorch import ExecutorchExporter
-
-        gm = quantize_pt2e(cm, ExecutorchExporter._quantizer(cm, target))
+        The quantizer is XNNPACK's (symmetric per-channel int8 weights, int8 activations; 7-bit weights where
+        the profile asks for ``reduce_range``)."""
+        check_scheme(cm, target.name)
+        quantizer = quantizer_for("onnxruntime", cm.profile.quantization, qat=cm.qat is not None,
+                                  fp32_layers=cm.fp32_layers)
+        gm = quantize_pt2e(cm, quantizer)
         self._torch_export(gm, cm.spec.example_inputs, path, target, external_data=False)
 
     @staticmethod
@@ -73,13 +75,14 @@ class OnnxExporter(Exporter):
         exclude = onnx_nodes_of_layers(prepped, cm.fp32_layers, target)  # mixed precision: left fp32
         if q.mode == "dynamic":
             quantize_dynamic(str(prepped), str(out), per_channel=q.per_channel, weight_type=QuantType.QInt8,
-                             nodes_to_exclude=exclude)
+                             reduce_range=q.weight.reduce_range, nodes_to_exclude=exclude)
             check_onnx_fp32_nodes(out, exclude, target)
             return
         quantize_static(
             str(prepped), str(out), _Reader(prepped, cm.calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=q.per_channel,
+            reduce_range=q.weight.reduce_range,
             activation_type=QuantType.QUInt8 if q.activation.dtype == "uint8" else QuantType.QInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from edgekit.agent.runtimes import Runner
-from edgekit.compression import top1_accuracy
+from edgekit.compression.model import top1_accuracy
 from edgekit.config.target import Tolerance
 from edgekit.exporters.base import ParityResult
 from edgekit.models import Inputs, ModelSpec

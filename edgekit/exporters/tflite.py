@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgekit.compression import CompressedModel
+from edgekit.compression.model import CompressedModel
+from edgekit.compression.quantize import (
+    check_fp32_layers,
+    check_scheme,
+    keep_layers_fp32,
+    quantize_pt2e,
+    quantizer_for,
+)
 from edgekit.config.target import Target
-from edgekit.exporters._pt2e import check_fp32_layers, check_scheme, keep_layers_fp32, quantize_pt2e
 from edgekit.errors import ExportError
 from edgekit.exporters.base import Exporter
 
@@ -28,15 +34,10 @@ class TfliteExporter(Exporter):
 
         path = dest / f"model{target.extension}"
         if precision == "int8":
-            from litert_torch.quantize.pt2e_quantizer import PT2EQuantizer, get_symmetric_quantization_config
             from litert_torch.quantize.quant_config import QuantConfig
 
             check_scheme(cm, target.name)
-            q = cm.profile.quantization
-            quantizer = PT2EQuantizer().set_global(
-                get_symmetric_quantization_config(is_per_channel=q.per_channel, is_dynamic=q.mode == "dynamic",
-                                                   is_qat=cm.qat is not None)
-            )
+            quantizer = quantizer_for("litert", cm.profile.quantization, qat=cm.qat is not None)
             # cm.fp32_layers stay fp32 (float ops between dequantize/quantize); QuantConfig only reads
             # the global config, so it gets the bare quantizer.
             try:

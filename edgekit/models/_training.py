@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import torch
 
-from edgekit._paths import cache_dir
+from edgekit._fs import atomic_path, cache_dir
 
 M = TypeVar("M", bound=torch.nn.Module)
 
@@ -34,14 +32,8 @@ def cached_module(name: str, recipe: dict[str, Any], make: Callable[[], M], trai
 
 def _save_atomic(state: dict[str, Any], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path, mode=0o600) as tmp:  # 0o600 as before (mkstemp's): private to the user
         torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def fit(

@@ -6,6 +6,8 @@ artifact's accuracy can be compared to the fp32 reference.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -13,7 +15,7 @@ from edgekit.models._training import cached_module, fit
 from edgekit.models._spec import EvalSet, ModelSpec, TrainSet
 
 # Changing any of these retrains: the cache key is their hash.
-RECIPE = {"version": 1, "seed": 0, "epochs": 40, "batch": 64, "lr": 3e-3, "test_size": 0.2}
+RECIPE: dict[str, Any] = {"version": 1, "seed": 0, "epochs": 40, "batch": 64, "lr": 3e-3, "test_size": 0.2}
 
 
 class DigitsCNN(nn.Module):

@@ -8,6 +8,8 @@ cost are the standard ones, and the weights are trained weights with an accuracy
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -66,7 +68,7 @@ class MobileNetV2(nn.Module):
 
 
 # Small batches: the cost is per image, so one epoch of batch 16 buys four times the updates of batch 64.
-RECIPE = {"version": 2, "seed": 0, "epochs": 1, "batch": 16, "lr": 1e-3, "bn_images": 256, "size": 224}
+RECIPE: dict[str, Any] = {"version": 2, "seed": 0, "epochs": 1, "batch": 16, "lr": 1e-3, "bn_images": 256, "size": 224}
 
 
 def to_image(x: torch.Tensor, size: int = 224) -> torch.Tensor:

@@ -7,7 +7,7 @@ Cheap to import (standard library only). Pytest fixtures: ``pytest_plugins = ["e
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from edgekit.testing._arm64 import Arm64Unavailable, arm64_root, arm64_unavailable, start_arm64_device
 from edgekit.testing._envs import DEVICE_ENVS, EnvUnavailable, device_python
@@ -21,7 +21,7 @@ __all__ = [
 ]
 
 
-def write_devices_file(path: Path, devices: list[TestDevice | dict[str, Any]]) -> Path:
+def write_devices_file(path: Path, devices: Sequence[TestDevice | dict[str, Any]]) -> Path:
     """Write a ``devices.yaml`` for these devices, so code under test finds them like real ones."""
     import yaml
 

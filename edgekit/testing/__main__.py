@@ -1,6 +1,6 @@
 """``python -m edgekit.testing serve``: run loopback test devices until Ctrl-C, to try edgekit without a board.
 
-Writes a devices.yaml naming them, so ``edgekit deploy --device NAME --devices FILE`` reaches a real sshd.
+Writes a devices.yaml naming them, so ``edgekit deploy --device NAME --devices-file FILE`` reaches a real sshd.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgekit.testing import DEVICE_ENVS, device_python, start_arm64_device, start_sshd, write_devices_file
+from edgekit.testing import DEVICE_ENVS, TestDevice, device_python, start_arm64_device, start_sshd, write_devices_file
 from edgekit.testing._arm64 import ARM64_ENV
 
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = args.root or Path(tempfile.mkdtemp(prefix="edgekit-test-devices-"))
     args.devices_file.unlink(missing_ok=True)
-    devices = []
+    devices: list[TestDevice] = []
     try:
         for spec in args.device:
             name, _, rest = spec.partition("=")

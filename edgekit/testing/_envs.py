@@ -65,7 +65,7 @@ def cached_build(
     a failed or stale build.
     """
     if cache is None:
-        from edgekit._paths import cache_dir
+        from edgekit._fs import cache_dir
 
         cache = cache_dir()
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]

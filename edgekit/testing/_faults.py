@@ -265,7 +265,7 @@ def rows_lost(result: FleetResult, results: Path, expected: dict[str, set[tuple[
     plus every row any device had measured (journal) before whatever happened to it; each must be a measured
     row both in ``result.df`` and in the stored run (``edgekit.load_run``)."""
     import edgekit
-    from edgekit.bench.store import Run
+    from edgekit.results.store import Run
 
     want = {(dev, t, p, 1) for dev, keys in expected.items() for t, p in keys}
     want |= {_key(r["row"]) for r in Run(result.run_dir).records("row") if _measured(r["row"])}
@@ -484,7 +484,7 @@ def _finish(obs: Observation, expected: dict[str, set[tuple[str, str]]], results
 
 def _retries(result: FleetResult, device: str) -> list[str]:
     """What each retry of ``device`` was after (from the run's journal)."""
-    from edgekit.bench.store import Run
+    from edgekit.results.store import Run
 
     return [f"try {r['attempt']} ({r['stage']}): {r['error']}" for r in Run(result.run_dir).records("retry")
             if r["device"] == device]
@@ -680,7 +680,7 @@ def agent_sigkill(lab: FaultLab) -> Observation:
     events = Events()
     obs.result = lab.bench([killer, loop], events=events, precisions=precisions, config=quick(min_seconds=1.0),
                            fleet=fleet_config())
-    from edgekit.bench.store import Run
+    from edgekit.results.store import Run
 
     marker = wrapper.with_suffix(".killed")
     failed = [r for r in Run(obs.result.run_dir).records("row") if r["row"]["device"] == killer.name

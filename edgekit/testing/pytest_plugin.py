@@ -84,7 +84,7 @@ def isolated_ssh_env(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.T
 
     The ssh CLI takes ~ from the passwd entry, not $HOME: TestDevice.ssh_argv passes -F /dev/null for that.
     """
-    from edgekit._paths import cache_dir
+    from edgekit._fs import cache_dir
 
     monkeypatch.setenv("EDGEKIT_CACHE", str(cache_dir()))  # keep the real cache (device envs) despite the new HOME
     for var in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):

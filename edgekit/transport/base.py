@@ -34,6 +34,9 @@ class Transport(ABC):
     python: str
     stats: PushStats
     is_local: bool = False  # same filesystem and interpreter set as the host
+    # The device-side folder edgekit owns (absolute on the device): the store, the agent's scratch files.
+    # None where the device has no folder of edgekit's own (local without ``workdir``: the host's folders).
+    workdir: str | None = None
 
     @abstractmethod
     def stage(self, files: Sequence[Path]) -> list[str]:

@@ -22,6 +22,7 @@ class LocalTransport(Transport):
         self.device_name = device.name
         self.python = device.python or sys.executable
         self.stats = PushStats()
+        self.workdir = device.workdir or None
 
     def stage(self, files: Sequence[Path]) -> list[str]:
         # Same filesystem: nothing to copy; the agent reads the artifact where export left it.
@@ -34,7 +35,7 @@ class LocalTransport(Transport):
         env.setdefault("OMP_NUM_THREADS", "1")
         try:
             proc = subprocess.run(argv, capture_output=True, timeout=timeout, env=env,
-                                  cwd=self.device.workdir or None,
+                                  cwd=self.workdir,
                                   **({"input": stdin} if stdin is not None else {"stdin": subprocess.DEVNULL}))
         except subprocess.TimeoutExpired as exc:
             raise AgentError(f"timed out after {timeout:.0f} s", command=argv,

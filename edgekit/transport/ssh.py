@@ -203,6 +203,7 @@ class _HostKeyPolicy:
 
 
 class SshTransport(Transport):
+    workdir: str  # always set: an SSH device has a folder of edgekit's own
     def __init__(self, device: SshDevice) -> None:
         self.device = device
         self.device_name = device.name
@@ -303,7 +304,7 @@ class SshTransport(Transport):
     def _upload_group(self, files: list[Path], digests: dict[str, str], store: str, final: str) -> None:
         """Stream the files into one remote command that writes, hashes, verifies and publishes them."""
         tmp = posixpath.join(store, f".tmp-{posixpath.basename(final)[:16]}-{secrets.token_hex(4)}")
-        manifest = [[f.name, f.stat().st_size, digests[f.name]] for f in files]
+        manifest = [(f.name, f.stat().st_size, digests[f.name]) for f in files]
         argv = [self.python, "-c", _RECEIVE, final, tmp, json.dumps(manifest)]
         res = self.run(argv, timeout=UPLOAD_TIMEOUT_S, stdin=_file_chunks(files))
         if res.exit_code == 0:

@@ -29,7 +29,7 @@ import numpy as np
 
 import edgekit
 from edgekit.agent.runtimes import load_runner
-from edgekit.bench.config import BenchConfig
+from edgekit.config.bench import BenchConfig
 
 BLOCK = 20  # calls timed together in the bare loop
 

@@ -114,7 +114,7 @@ def _phases(events: list[tuple[float, str | None, str, str]], start: float, end:
 def isolate_ssh_env(home: Path) -> None:
     """A fresh HOME and no ssh-agent (inherited by every child), so the user's ~/.ssh is never touched; the
     real edgekit cache (trained models, agent bundle) is kept, as edgekit's own ``isolated_ssh_env`` does."""
-    from edgekit._paths import cache_dir
+    from edgekit._fs import cache_dir
 
     os.environ["EDGEKIT_CACHE"] = str(cache_dir())
     for var in ("SSH_AUTH_SOCK", "SSH_AGENT_PID"):

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 import edgekit
-from edgekit.bench.run import install_agent
+from edgekit.device.client import install_agent
 from edgekit.testing import start_sshd
 from edgekit.transport import base as transport_base
 from edgekit.transport import open_transport

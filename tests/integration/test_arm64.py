@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.config import BenchConfig
-from edgekit.bench.results import EMULATED_NOTE
+from edgekit.config.bench import BenchConfig
+from edgekit.results.rows import EMULATED_NOTE
 from edgekit.testing import TestDevice, arm64_root, write_devices_file
 from edgekit.testing._arm64 import PIP_REQUIREMENTS, build_info, mounts_under
 
@@ -102,7 +102,7 @@ def test_its_mounts_live_in_its_own_namespace_and_stop_ends_them_with_every_sess
 
 
 def test_devices_check_says_aarch64_emulated_and_lists_the_runtimes(pi: TestDevice, devices_yaml: Path) -> None:
-    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices", str(devices_yaml), "--json"],
+    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices-file", str(devices_yaml), "--json"],
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 1, out.stderr  # pi4 also wants executorch, which the emulated Pi does not have
     report = json.loads(out.stdout)
@@ -116,7 +116,7 @@ def test_devices_check_says_aarch64_emulated_and_lists_the_runtimes(pi: TestDevi
     assert report["runnable_targets"] == ["tflite", "onnx"]
     assert any(w.startswith("the CPU is emulated") and "meaningless" in w for w in report["warnings"])
     assert not any("is for arm64 but the device is" in w for w in report["warnings"])  # the arch is right
-    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices", str(devices_yaml)],
+    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices-file", str(devices_yaml)],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "COLUMNS": "200"})
     assert "aarch64 (emulated: qemu-user)" in out.stdout and "warning: the CPU is emulated" in out.stdout
     assert "tflite-runtime 2.14.0" in out.stdout and f"onnxruntime {ONNXRUNTIME}" in out.stdout

@@ -21,7 +21,7 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.store import Run
+from edgekit.results.store import Run
 from edgekit.fleet import select_devices
 from edgekit.testing import write_devices_file
 from edgekit.testing._faults import SilentHost, fault_python

@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.config import BenchConfig
-from edgekit.bench.results import op_table
+from edgekit.config.bench import BenchConfig
+from edgekit.results.rows import op_table
 from edgekit.errors import ConfigError
 
 pytestmark = pytest.mark.slow

@@ -84,7 +84,7 @@ def test_bad_choices_fail_listing_the_valid_layers(cm: CompressedModel, table: p
 
 @pytest.mark.parametrize("backend", ["xnnpack", "litert"])
 def test_quantizer_leaves_exactly_the_kept_layer_fp32(cm: CompressedModel, backend: str) -> None:
-    from edgekit.exporters._pt2e import keep_layers_fp32, quantize_pt2e, quantized_layers
+    from edgekit.compression.quantize import keep_layers_fp32, quantize_pt2e, quantized_layers
 
     if backend == "xnnpack":
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (

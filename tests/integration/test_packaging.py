@@ -27,5 +27,5 @@ def test_wheel_ships_profiles_and_targets(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=tmp_path).stdout
     module, folder, names, recipes_folder, recipes = out.strip().splitlines()
     assert module.startswith(str(site)) and folder.startswith(str(site))  # the wheel's copy, not the checkout
-    assert names == "['jetson-orin', 'pi4', 'x86']"
+    assert names == "['jetson-orin', 'pi4', 'x86', 'x86-cuda']"
     assert recipes_folder.startswith(str(site)) and "'prune-distill-qat'" in recipes

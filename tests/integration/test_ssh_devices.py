@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.config import BenchConfig
+from edgekit.config.bench import BenchConfig
 from edgekit.errors import DeviceError
 from edgekit.testing import TestDevice, write_devices_file
 
@@ -103,7 +103,7 @@ def test_deploy_over_ssh_from_the_cli_matches_local_rows(sshd_device_factory, is
     """`edgekit deploy --device NAME` on a device with executorch + onnxruntime: every artifact measured."""
     dev = sshd_device_factory("et-box", env="host", profile="pi4")
     proc = subprocess.run(
-        [*EDGEKIT, "deploy", "--device", "et-box", "--model", "digits-cnn", "--devices", str(devices_yaml(dev)),
+        [*EDGEKIT, "deploy", "--device", "et-box", "--model", "digits-cnn", "--devices-file", str(devices_yaml(dev)),
          "--threads", "1", "--min-iterations", "10", "--min-seconds", "0.05", "--out-dir", str(tmp_path / "a"),
          "--json"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -236,7 +236,7 @@ def test_devices_check_reports_facts_and_what_is_missing(sshd_device_factory, is
     pi, bare = sshd_device_factory("pi", env="pi-like", profile="pi4"), sshd_device_factory("bare", env="bare",
                                                                                              profile="pi4")
     path = str(devices_yaml(pi, bare))
-    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices", path, "--json"], capture_output=True,
+    out = subprocess.run([*EDGEKIT, "devices", "check", "pi", "--devices-file", path, "--json"], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 1, out.stderr  # the pi4 profile also wants executorch and onnx
     report = json.loads(out.stdout)
@@ -247,10 +247,10 @@ def test_devices_check_reports_facts_and_what_is_missing(sshd_device_factory, is
     assert report["runnable_targets"] == ["tflite"]
     assert any(m.startswith("target executorch: executorch does not import") for m in report["missing"])
     assert any("no energy sensor" in w or "energy" in w for w in report["warnings"]) or info["energy"]["available"]
-    out = subprocess.run([*EDGEKIT, "devices", "check", "bare", "--devices", path], capture_output=True,
+    out = subprocess.run([*EDGEKIT, "devices", "check", "bare", "--devices-file", path], capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 1 and "numpy is not installed" in out.stdout and "not ready" in out.stdout
-    listing = subprocess.run([*EDGEKIT, "devices", "list", "--devices", path, "--json"], capture_output=True,
+    listing = subprocess.run([*EDGEKIT, "devices", "list", "--devices-file", path, "--json"], capture_output=True,
                              text=True, timeout=60)
     assert [d["name"] for d in json.loads(listing.stdout)] == ["local", "pi", "bare"]
 
@@ -363,8 +363,8 @@ def test_serve_runs_test_devices_for_the_readme_until_interrupted(isolated_ssh_e
         while not devices.exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
         entry = yaml.safe_load(devices.read_text())["devices"][0]
-        out = subprocess.run([*EDGEKIT, "devices", "check", "demo", "--devices", str(devices)], capture_output=True,
-                             text=True, timeout=300)
+        out = subprocess.run([*EDGEKIT, "devices", "check", "demo", "--devices-file", str(devices)],
+                             capture_output=True, text=True, timeout=300)
         assert out.returncode == 0 and "ready" in out.stdout, out.stdout + out.stderr
     finally:
         proc.send_signal(signal.SIGINT)

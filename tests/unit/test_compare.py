@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from edgekit.bench.compare import compare_runs
-from edgekit.bench.results import to_frame
+from edgekit.results.compare import compare_runs
+from edgekit.results.rows import to_frame
 
 
 def _row(p50: float, lo: float, hi: float, acc: float = 0.99, n: int = 360, **kw: object) -> dict:

@@ -178,3 +178,17 @@ def test_a_closed_port_is_refused_clearly_and_names_the_device() -> None:
     dev = edgekit.SshDevice(name="pi 4; lab", kind="ssh", host="127.0.0.1", port=port, connect_timeout=5)
     with pytest.raises(DeviceError, match=rf"device 'pi 4; lab': connection refused by 127.0.0.1:{port}: is sshd running"):
         open_transport(dev)
+
+
+def test_the_commented_ssh_example_in_devices_yaml_is_valid(tmp_path) -> None:
+    """The registry's example is what a user copies: uncommented, it must load as written."""
+    from pathlib import Path
+
+    from edgekit.config.device import load_devices
+
+    text = (Path(__file__).parents[2] / "devices.yaml").read_text()
+    example = [line[2:] for line in text.splitlines() if line.startswith("# ") and line[2:3] in ("d", " ")]
+    start = example.index("devices:")
+    (tmp_path / "devices.yaml").write_text("\n".join(example[start:]) + "\n")
+    devices = load_devices(tmp_path / "devices.yaml")
+    assert devices["pi-1"].kind == "ssh" and devices["pi-1"].profile == "pi4"

@@ -11,7 +11,8 @@ import pytest
 from edgekit import BenchConfig
 from edgekit.config.target import Tolerance
 from edgekit.errors import ConfigError, UnknownNameError
-from edgekit.exporters import EXPORTERS, _safe, captured_output, get_exporter
+from edgekit.exporters import EXPORTERS, get_exporter
+from edgekit.exporters._build import _safe, captured_output
 from edgekit.exporters.base import find_op
 from edgekit.exporters.parity import compare
 

@@ -28,8 +28,8 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_the_verbs_are_functions_not_shadowed_by_subpackages() -> None:
-    import edgekit.bench.compare  # noqa: F401  edgekit.bench is both the fleet verb and a subpackage
-    import edgekit.bench.store  # noqa: F401
+    import edgekit.results.compare  # noqa: F401  edgekit.bench is both the fleet verb and a subpackage
+    import edgekit.results.store  # noqa: F401
     import edgekit.compression  # noqa: F401  importing the stage packages must not rebind the verbs
     import edgekit.exporters  # noqa: F401
     import edgekit.fleet  # noqa: F401

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from edgekit.bench.results import COLUMNS, to_frame
+from edgekit.results.rows import COLUMNS, to_frame
 
 
 def row(target: str, precision: str, p50: float | None, *, parity_ok: bool = True, accuracy: float | None = 0.99,

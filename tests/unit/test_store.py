@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.store import Run, list_runs, load_run
+from edgekit.results.store import Run, list_runs, load_run
 from edgekit.errors import ConfigError, UnknownNameError
 
 

@@ -24,8 +24,8 @@ import pandas as pd
 import pytest
 
 import edgekit
-from edgekit.bench.run import checked_info
-from edgekit.bench.store import Run
+from edgekit.device.client import checked_info
+from edgekit.results.store import Run
 from edgekit.errors import AgentError
 from edgekit.exporters.base import Artifact
 
@@ -266,7 +266,7 @@ def test_device_facts_of_the_wrong_type_or_with_escapes_are_made_safe(tmp_path: 
     assert not [t for t in texts(check.to_dict()) if RAW_CONTROL.search(t)]
     devices = tmp_path / "devices.yaml"
     devices.write_text(f"devices:\n  - {{name: facts, kind: local, python: {shlex.quote(device.python or '')}}}\n")
-    out = subprocess.run([*EDGEKIT, "devices", "check", "facts", "--profile", "x86", "--devices", str(devices)],
+    out = subprocess.run([*EDGEKIT, "devices", "check", "facts", "--profile", "x86", "--devices-file", str(devices)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "\x1b" not in out.stdout + out.stderr and "not ready" in out.stdout

@@ -288,7 +288,7 @@ def test_agent_and_runtimes_agree_on_formats() -> None:
 
 
 # Modules that must answer on a device without numpy (devices check, energy, conditions): stdlib only.
-STDLIB_ONLY = {"bundle.py", "conditions.py", "device_info.py", "meters.py"}
+STDLIB_ONLY = {"bundle.py", "conditions.py", "device_info.py", "meters.py", "sensors.py"}
 
 
 @pytest.mark.parametrize("module", sorted(MODULES) + ["bundle.py"])

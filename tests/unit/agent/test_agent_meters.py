@@ -1,4 +1,4 @@
-"""Energy meters of the on-device agent (edgekit/agent/meters.py).
+"""Energy meters of the on-device agent (edgekit/agent/meters.py, its sensors in edgekit/agent/sensors.py).
 
 This machine has no energy or power sensors (no /sys/class/powercap, no hwmon, no vcgencmd). Every sysfs tree
 here is a FAKE that the test builds under tmp_path, laid out like the real kernel interfaces, and every
@@ -17,7 +17,7 @@ from typing import Any, Callable, Optional
 
 import pytest
 
-from edgekit.agent import meters
+from edgekit.agent import meters, sensors
 
 AGENT_DIR = Path(meters.__file__).resolve().parent
 RAPL_RANGE_UJ = 262_143_328_850  # a real max_energy_range_uj value from an Intel package zone
@@ -157,10 +157,10 @@ def test_runs_on_an_old_python(tmp_path: Path) -> None:
 
 
 def test_counter_delta_without_and_with_one_wrap() -> None:
-    assert meters.counter_delta_uj(1_000, 3_500, RAPL_RANGE_UJ) == 2_500
-    assert meters.counter_delta_uj(RAPL_RANGE_UJ - 1_000, 500, RAPL_RANGE_UJ) == 1_500
-    with pytest.raises(meters.CounterError, match="went backwards"):
-        meters.counter_delta_uj(5_000, 10, None)
+    assert sensors.counter_delta_uj(1_000, 3_500, RAPL_RANGE_UJ) == 2_500
+    assert sensors.counter_delta_uj(RAPL_RANGE_UJ - 1_000, 500, RAPL_RANGE_UJ) == 1_500
+    with pytest.raises(sensors.CounterError, match="went backwards"):
+        sensors.counter_delta_uj(5_000, 10, None)
 
 
 # ---- rapl ---------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_rapl_uses_package_zones_only_and_corrects_wrap(tmp_path: Path) -> None:
     assert r["status"] == "measured" and r["source"] == meter.source
     assert r["energy_total_mj_per_inference"] == pytest.approx(5_000 / 100)
     window, tau = r["window_s"], r["interval_s"]
-    assert 0.05 <= window < 5 and tau >= meters.RAPL_UPDATE_INTERVAL_S
+    assert 0.05 <= window < 5 and tau >= sensors.RAPL_UPDATE_INTERVAL_S
     # error (per inference) = (P * tau + 2 * 1 uJ) / N with P = 5 J / window
     assert r["energy_total_error_mj"] == pytest.approx(((5.0 / window) * tau + 2e-6) * 1e3 / 100)
     assert r["active_power_mw"] == pytest.approx(5.0 / window * 1e3)
@@ -206,14 +206,14 @@ def test_rapl_sums_all_packages(tmp_path: Path) -> None:
 
 def _deny_reads_of(monkeypatch: pytest.MonkeyPatch, file_name: str) -> None:
     """Simulate a root-only file: tests run as root here, so chmod 000 would not stop the reads."""
-    real = meters._read_text
+    real = sensors._read_text
 
     def read(path: Path) -> str:
         if Path(path).name == file_name:
             raise PermissionError(13, "Permission denied", str(path))
         return real(path)
 
-    monkeypatch.setattr(meters, "_read_text", read)
+    monkeypatch.setattr(sensors, "_read_text", read)
 
 
 def test_root_only_rapl_is_reported_as_unreadable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -232,14 +232,14 @@ def test_root_only_rapl_is_reported_as_unreadable(tmp_path: Path, monkeypatch: p
                            "simulated PermissionError test above)")
 def test_chmod_000_rapl_is_unreadable(tmp_path: Path) -> None:
     fake_rapl(tmp_path, "intel-rapl:0", 1_000).chmod(0)
-    reason = meters.describe_sources(str(tmp_path), vcgencmd=None)["reason"]
+    reason = sensors.describe_sources(str(tmp_path), vcgencmd=None)["reason"]
     assert "permission denied" in reason and "root" in reason
 
 
 def test_an_unreadable_counter_path_is_reported(tmp_path: Path) -> None:
     """A FAKE zone whose energy_uj is a directory: present but not readable as a counter."""
     (tmp_path / "sys/class/powercap/intel-rapl:0/energy_uj").mkdir(parents=True)
-    info = meters.describe_sources(str(tmp_path), vcgencmd=None)
+    info = sensors.describe_sources(str(tmp_path), vcgencmd=None)
     assert info["available"] is False and "IsADirectoryError" in info["reason"]
 
 
@@ -304,7 +304,7 @@ def test_ina3221_without_an_input_rail_is_not_summed(tmp_path: Path) -> None:
     """FAKE AGX-Orin-like labels: no total input rail, so the sub-rails are not added up into a 'total'."""
     fake_ina3221(tmp_path / "sys/class/hwmon/hwmon0",
                  {1: ("VDD_GPU_SOC", 5000, 500), 2: ("VDD_CPU_CV", 5000, 500), 3: ("VIN_SYS_5V0", 5000, 500)})
-    info = meters.describe_sources(str(tmp_path), vcgencmd=None)
+    info = sensors.describe_sources(str(tmp_path), vcgencmd=None)
     assert info["available"] is False
     assert "no total-input rail among VDD_GPU_SOC, VDD_CPU_CV, VIN_SYS_5V0" in info["reason"]
     assert "never summed" in info["reason"]
@@ -314,12 +314,12 @@ def test_ina3221_without_an_input_rail_is_not_summed(tmp_path: Path) -> None:
 
 
 def test_parse_pmic_output_pairs_current_and_voltage() -> None:
-    rails = meters.parse_pmic_output(pmic_text())
+    rails = sensors.parse_pmic_output(pmic_text())
     assert rails["VDD_CORE"] == pytest.approx(2.022 * 0.88)
     assert "EXT5V" not in rails and "BATT" not in rails  # voltage only
     assert len(rails) == 12
     assert sum(rails.values()) == pytest.approx(pmic_expected_w())
-    assert meters.parse_pmic_output("error=1 error_msg=\"Command not registered\"\n") == {}
+    assert sensors.parse_pmic_output("error=1 error_msg=\"Command not registered\"\n") == {}
 
 
 def test_pi5_pmic_with_a_fake_vcgencmd(tmp_path: Path) -> None:
@@ -333,11 +333,11 @@ def test_pi5_pmic_with_a_fake_vcgencmd(tmp_path: Path) -> None:
 
 
 def test_pi5_pmic_missing_or_failing_vcgencmd_is_not_a_source(tmp_path: Path) -> None:
-    missing = meters.describe_sources(str(tmp_path), vcgencmd=str(tmp_path / "no-such-vcgencmd"))
+    missing = sensors.describe_sources(str(tmp_path), vcgencmd=str(tmp_path / "no-such-vcgencmd"))
     assert any(c.startswith("pi5-pmic:") and "not found" in c for c in missing["checked"])
     pi4 = fake_script(tmp_path, "vcgencmd4", "vcgencmd of a Raspberry Pi 4 (no PMIC)",
                       'echo "Command not registered" >&2; exit 255')
-    failing = meters.describe_sources(str(tmp_path), vcgencmd=pi4)
+    failing = sensors.describe_sources(str(tmp_path), vcgencmd=pi4)
     assert failing["available"] is False
     assert any("exited with status 255" in c and "Command not registered" in c for c in failing["checked"])
 
@@ -371,11 +371,11 @@ def test_hwmon_power_sensor_is_sampled(tmp_path: Path) -> None:
 
 
 def test_parse_external_reading() -> None:
-    assert meters.parse_external_reading("J 12.345\n") == ("J", 12.345, pytest.approx(0.001))
-    assert meters.parse_external_reading("banner\n7.5W\n")[:2] == ("W", 7.5)
-    assert meters.parse_external_reading("3 J")[0] == "J"
-    with pytest.raises(meters.SensorError, match="expected 'J <joules>' or 'W <watts>'"):
-        meters.parse_external_reading("12.5 kWh")
+    assert sensors.parse_external_reading("J 12.345\n") == ("J", 12.345, pytest.approx(0.001))
+    assert sensors.parse_external_reading("banner\n7.5W\n")[:2] == ("W", 7.5)
+    assert sensors.parse_external_reading("3 J")[0] == "J"
+    with pytest.raises(sensors.SensorError, match="expected 'J <joules>' or 'W <watts>'"):
+        sensors.parse_external_reading("12.5 kWh")
 
 
 def test_external_meter_in_joules_mode(tmp_path: Path) -> None:
@@ -407,7 +407,7 @@ def test_external_meter_takes_precedence_and_is_not_replaced_when_it_fails(tmp_p
     cmd = fake_script(tmp_path, "meter", "external power meter", 'echo "W 3"')
     assert meters.open_meter(config(tmp_path, external=[cmd])).source.startswith("external: ")
     broken = fake_script(tmp_path, "broken", "broken external meter", 'echo "no reading" ; exit 2')
-    info = meters.describe_sources(str(tmp_path), vcgencmd=None, external=[broken])
+    info = sensors.describe_sources(str(tmp_path), vcgencmd=None, external=[broken])
     assert info["available"] is False and "exited with status 2" in info["reason"]
     assert "no other sensor was tried" in info["reason"] and len(info["checked"]) == 1
 
@@ -422,7 +422,7 @@ def test_sources_are_preferred_in_order(tmp_path: Path) -> None:
     vcgencmd = fake_vcgencmd(tmp_path)
 
     def first() -> str:
-        sensor, _, _ = meters.find_sensor(str(tmp_path), vcgencmd)
+        sensor, _, _ = sensors.find_sensor(str(tmp_path), vcgencmd)
         assert sensor is not None
         return sensor.name
 
@@ -442,13 +442,13 @@ def test_nothing_readable_is_unavailable_with_what_was_checked(tmp_path: Path) -
     r = measure(meter, 0.01, 10)
     assert set(r) == set(meters.RESULT_KEYS)
     assert r["status"].startswith("unavailable: no readable energy or power sensor (checked: ")
-    for name in meters.SOURCE_NAMES:
+    for name in sensors.SOURCE_NAMES:
         assert f"{name}: " in r["status"], name
     assert all(r[k] is None for k in ("energy_mj_per_inference", "energy_total_mj_per_inference",
                                       "energy_error_mj", "idle_power_mw", "active_power_mw", "source"))
-    info = meters.describe_sources(str(tmp_path), vcgencmd=str(tmp_path / "vcgencmd"))
+    info = sensors.describe_sources(str(tmp_path), vcgencmd=str(tmp_path / "vcgencmd"))
     assert info["available"] is False and info["source"] is None
-    assert [c.split(":")[0] for c in info["checked"]] == list(meters.SOURCE_NAMES)
+    assert [c.split(":")[0] for c in info["checked"]] == list(sensors.SOURCE_NAMES)
 
 
 def test_power_model_is_an_estimate_never_a_measurement(tmp_path: Path) -> None:
@@ -553,7 +553,7 @@ def test_error_bar_shrinks_with_longer_windows_and_short_windows_are_flagged(tmp
     assert "too short to trust" not in long["note"]
 
 
-class _AlternatingPower(meters.PowerSensor):
+class _AlternatingPower(sensors.PowerSensor):
     """FAKE in-process power sensor alternating between 4 W and 6 W on every read."""
 
     name = "hwmon"

@@ -7,7 +7,8 @@ import copy
 import pytest
 import torch
 
-from edgekit.compression._train import TrainSettings, accuracy
+from edgekit.compression._train import TrainSettings
+from edgekit.compression.model import accuracy
 from edgekit.compression.distill import distill, soft_target_loss
 from edgekit.errors import CompressError
 from edgekit.models import load_model

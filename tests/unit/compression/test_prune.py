@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from edgekit.compression._measure import count_macs, count_nonzero, count_params
-from edgekit.compression._train import TrainSettings, accuracy, mask_keeper, sparsity_masks, train
+from edgekit.compression._train import TrainSettings, mask_keeper, sparsity_masks, train
+from edgekit.compression.model import accuracy
 from edgekit.compression.prune import is_2_4, mask_2_4, output_layers, prune
 from edgekit.errors import CompressError
 from edgekit.models import load_model

@@ -101,7 +101,7 @@ def test_prerequisites_are_reported_not_assumed() -> None:
 
 
 def test_rows_from_an_emulated_device_are_marked_and_carry_no_energy() -> None:
-    from edgekit.bench.results import EMULATED_NOTE, mark_emulated
+    from edgekit.results.rows import EMULATED_NOTE, mark_emulated
 
     measured = {"latency_ms_p50": 2.0, "noisy": False, "noisy_reasons": [], "energy_mj_per_inference": 3.0,
                 "energy_status": "estimated", "energy_source": "power-model"}
@@ -114,7 +114,7 @@ def test_rows_from_an_emulated_device_are_marked_and_carry_no_energy() -> None:
 
 
 def test_devices_check_warns_that_an_emulated_cpu_is_no_timing_reference() -> None:
-    from edgekit._check import DeviceCheck, _judge
+    from edgekit.device.check import DeviceCheck, _judge
     from edgekit.config.profile import load_profile
 
     info = {"machine": "aarch64", "cores": 2, "numpy": "1.26.4", "python_executable": "/opt/v/bin/python",

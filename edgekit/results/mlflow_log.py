@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from edgekit.bench.store import Run
+from edgekit.results.store import Run
 from edgekit.errors import ResultsError
 
 # Row column -> metric name suffix; what a pipeline tracks over time.
@@ -40,7 +40,7 @@ def log_run(run: Run, df: pd.DataFrame, uri: str, *, experiment: str = "edgekit"
                          metrics=[mlflow.entities.Metric(k, v, 0, 0) for k, v in metrics(df).items()])
         report = run.root / "report.html"
         if not report.is_file():
-            from edgekit.bench.report import write_report
+            from edgekit.results.report import write_report
 
             write_report(df, meta, report)
         for path in (report, run.root / "rows.parquet", run.root / "meta.json"):

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edgekit.config.device import LocalDevice, SshDevice, get_device
+from edgekit.config.device import LocalDevice, SshDevice, device_profile, get_device, with_trust
 from edgekit.config.profile import Profile
 
 
@@ -38,8 +38,7 @@ def check_device(
     trust_new_host: bool = False,
 ) -> DeviceCheck:
     """Connect, install the agent, ask it what the device is; raises DeviceError if it cannot be reached."""
-    from edgekit._api import device_profile, with_trust
-    from edgekit.bench.run import describe_device, install_agent
+    from edgekit.device.client import describe_device, install_agent
     from edgekit.transport import open_transport
 
     dev = with_trust(get_device(device, devices_file), trust_new_host)
@@ -98,5 +97,36 @@ def _judge(check: DeviceCheck, prof: Profile) -> None:
         check.warnings.append(f"the device's clock is {_duration(abs(skew))} {'ahead of' if skew > 0 else 'behind'} "
                               "this host's: latency is unaffected (monotonic clocks), but times the device reports "
                               "(logs, file dates) are off; set its clock (timedatectl set-ntp true)")
+    _judge_accelerator(check, prof)
     if not info.get("energy", {}).get("available"):
         check.warnings.append(f"no energy sensor: {info.get('energy', {}).get('reason', 'unknown')}")
+
+
+# What to install on the device for each provider a GPU profile asks for.
+_PROVIDER_FIX = {
+    "CUDAExecutionProvider": "pip install onnxruntime-gpu (on a Jetson: the onnxruntime-gpu wheel built for its JetPack)",
+    "TensorrtExecutionProvider": "TensorRT (pip install tensorrt; on a Jetson it comes with JetPack) and an "
+                                 "onnxruntime-gpu built with TensorRT",
+}
+
+
+def _judge_accelerator(check: DeviceCheck, prof: Profile) -> None:
+    """A GPU profile on a device whose onnxruntime cannot reach the GPU: say which providers are missing and
+    what installs them; its rows would be CPU figures (flagged, never recommended)."""
+    if prof.accelerator == "none":
+        return
+    info = check.info
+    available = info.get("onnxruntime_providers")
+    if not isinstance(available, list):
+        check.missing.append(f"profile {prof.name!r} runs on {prof.accelerator} through onnxruntime, which is not "
+                             f"usable here ({info.get('onnxruntime_providers_reason') or 'not reported'})")
+        return
+    for provider in prof.execution.providers:
+        if provider != "CPUExecutionProvider" and provider not in available:
+            check.missing.append(f"execution provider {provider} (profile {prof.name!r}) is not in the device's "
+                                 f"onnxruntime (it has {', '.join(available) or 'none'}): "
+                                 f"{_PROVIDER_FIX.get(provider, 'install it')}")
+    gpu: dict[str, Any] = info["gpu"] if isinstance(info.get("gpu"), dict) else {}
+    if not gpu.get("available") and not gpu.get("jetson"):
+        check.warnings.append(f"no GPU readings ({gpu.get('reason') or 'not reported'}): GPU memory, clocks and "
+                              "energy will be unavailable (discrete NVIDIA GPUs: pip install nvidia-ml-py)")

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
 import pandas as pd
 
 from edgekit.errors import AgentError, printable
+
+if TYPE_CHECKING:
+    from edgekit.exporters.base import Artifact
 
 # Accuracy is a fraction; "one point" is 0.01.
 ACCURACY_BUDGET = 0.01
@@ -16,6 +19,15 @@ ACCURACY_BUDGET = 0.01
 CONDITION_COLUMNS = ("noisy", "noisy_reasons", "cpu_governor", "cpu_freq_mhz_before", "cpu_freq_mhz_after",
                      "cpu_freq_mhz_min_after", "temp_c_before", "temp_c_after", "throttled", "throttled_flags",
                      "load_avg_1m_before", "other_cpu_cores")
+
+# Where the artifact ran: the profile's accelerator, the onnxruntime providers that ran it, and whether that
+# earned the accelerator's label (a CPU fallback under a GPU profile is flagged and never recommended).
+EXECUTION_COLUMNS = ("accelerator", "accelerator_used", "accelerator_ok", "accelerator_note", "execution_providers",
+                     "execution_providers_requested", "provider_nodes", "io_binding", "copies_timed",
+                     "trt_engine_build_ms")
+GPU_COLUMNS = ("gpu_status", "gpu_name", "gpu_driver", "gpu_memory_mib_process", "gpu_sm_clock_mhz_before",
+               "gpu_sm_clock_mhz_after", "gpu_mem_clock_mhz_before", "gpu_mem_clock_mhz_after", "gpu_temp_c_before",
+               "gpu_temp_c_after", "gpu_throttle_reasons", "gpu_power_limit_w")
 
 COLUMNS = [
     "recommended", "device", "profile", "model", "target", "precision", "threads", "artifact_bytes",
@@ -27,7 +39,7 @@ COLUMNS = [
     "peak_rss_mb_after_load", "peak_rss_mb_steady", "peak_rss_mb", "peak_rss_mb_process", "memory_method",
     "energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj", "energy_idle_power_mw",
     "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
-    *CONDITION_COLUMNS, "emulated",
+    *CONDITION_COLUMNS, "emulated", *EXECUTION_COLUMNS, *GPU_COLUMNS,
     "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
     "stage",
     "latency_ms_samples", "op_profile",
@@ -43,7 +55,7 @@ def finite(value: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def artifact_row(art: Any, device: str) -> dict[str, Any]:
+def artifact_row(art: Artifact, device: str) -> dict[str, Any]:
     """The export half of a row, from an Artifact."""
     p = art.parity
     return {
@@ -68,7 +80,8 @@ def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -
     lat = _checked_latency(result, max_ms)
     mem, energy, cond = _mapping(result, "memory"), _mapping(result, "energy"), _mapping(result, "conditions")
     acc, runtime = _mapping(result, "device_accuracy"), _mapping(result, "runtime")
-    ci = lat.get("ci95_p50") if isinstance(lat.get("ci95_p50"), list) and len(lat["ci95_p50"]) == 2 else [None, None]
+    given = lat.get("ci95_p50")
+    ci: list[Any] = given if isinstance(given, list) and len(given) == 2 else [None, None]
     num, text = _number, _text
     fields = {
         "latency_ms_p50": float(lat["p50"]), "latency_ms_p90": float(lat["p90"]), "latency_ms_p95": num(lat.get("p95")),
@@ -98,6 +111,61 @@ def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -
     if fields["threads"] is None:  # the row's own thread count stands
         del fields["threads"]
     return fields
+
+
+def execution_fields(result: dict[str, Any], requested: dict[str, Any] | None) -> dict[str, Any]:
+    """Where the agent ran the artifact, judged against what the profile asked for (``requested``: the
+    artifact's ``execution``, None for a CPU profile). An accelerator that did not run makes the row
+    ``noisy`` with the reason, ``accelerator_ok`` False, and keeps it from being recommended."""
+    ex = _mapping(result, "execution")
+    used = _texts(ex.get("providers_used")) or []
+    nodes = ex.get("nodes_by_provider")
+    fields: dict[str, Any] = {
+        "accelerator": requested.get("accelerator") if requested else None,
+        "accelerator_used": _text(ex.get("accelerator_used")), "accelerator_ok": None,
+        "accelerator_note": _text(ex.get("note")), "execution_providers": used or None,
+        "execution_providers_requested": _texts(ex.get("providers_requested")),
+        "provider_nodes": {printable(k, 100): c for k, v in nodes.items() if (c := _count(v)) is not None}
+        if isinstance(nodes, dict) else None,
+        "io_binding": _flag(ex.get("io_binding")), "copies_timed": _flag(ex.get("copies_timed")),
+        "trt_engine_build_ms": _number(ex.get("trt_engine_build_ms")),
+    }
+    if requested and requested.get("accelerator") not in (None, "none"):
+        agent_ok = _flag(ex.get("accelerator_ok"))
+        gpu_ran = fields["accelerator_used"] in ("cuda", "tensorrt")
+        fields["accelerator_ok"] = bool(agent_ok and gpu_ran)
+        if not fields["accelerator_ok"]:
+            why = fields["accelerator_note"] or (
+                f"the profile asks for {requested['accelerator']} but the device reported "
+                f"{', '.join(used) if used else 'no execution providers'}")
+            fields["accelerator_note"] = f"{why} (not a {requested['accelerator']} figure)" \
+                if "figure" not in why else why
+    return fields
+
+
+def gpu_fields(result: dict[str, Any]) -> dict[str, Any]:
+    """GPU facts over the measuring window (NVML, or a Jetson's sysfs), or why there are none."""
+    gpu = _mapping(result, "gpu")
+    if not gpu:
+        return {"gpu_status": None}
+    status = "measured" if gpu.get("available") is True else f"unavailable: {_text(gpu.get('reason')) or 'unknown'}"
+    fields: dict[str, Any] = {"gpu_status": status, "gpu_name": _text(gpu.get("name")),
+                              "gpu_driver": _text(gpu.get("driver")),
+                              "gpu_memory_mib_process": _number(gpu.get("memory_mib_process")),
+                              "gpu_throttle_reasons": _texts(gpu.get("throttle_reasons")),
+                              "gpu_power_limit_w": _number(gpu.get("power_limit_w"))}
+    for name in ("sm_clock_mhz", "mem_clock_mhz", "temp_c"):
+        for when in ("before", "after"):
+            fields[f"gpu_{name}_{when}"] = _number(gpu.get(f"{name}_{when}"))
+    return fields
+
+
+def flag_accelerator(row: dict[str, Any]) -> dict[str, Any]:
+    """A row whose profile's accelerator did not run is ``noisy``, saying so in plain words."""
+    if row.get("accelerator_ok") is False:
+        row["noisy"] = True
+        row["noisy_reasons"] = [*(row.get("noisy_reasons") or []), row.get("accelerator_note")]
+    return row
 
 
 # ---- what a device sends back is untrusted ------------------------------------------------------------
@@ -180,7 +248,7 @@ def _op_profile(profile: Any) -> dict[str, Any] | None:
     """Per-op times: text made printable, ops without a numeric time dropped (tables format them as numbers)."""
     if not isinstance(profile, dict):
         return None
-    clean = {k: _text(v) if isinstance(v, str) else _number(v) if isinstance(v, (int, float)) else None
+    clean: dict[str, Any] = {k: _text(v) if isinstance(v, str) else _number(v) if isinstance(v, (int, float)) else None
              for k, v in profile.items() if isinstance(k, str) and k not in ("ops", "runtime")}
     runtime = profile.get("runtime")
     clean["runtime"] = {k: _text(v) for k, v in runtime.items() if isinstance(k, str)} if isinstance(runtime, dict) else None
@@ -247,6 +315,8 @@ def to_frame(rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
 def acceptable(df: pd.DataFrame) -> pd.Series:
     """Shippable rows: measured, within parity tolerance, accuracy within budget of the fp32 reference."""
     measured = df["error"].isna() & df["latency_ms_p50"].notna() & df["parity_ok"].fillna(False).astype(bool)
+    if "accelerator_ok" in df:  # a GPU profile's row that ran on the CPU is not that profile's figure
+        measured &= df["accelerator_ok"].map(lambda ok: ok is not False)
     acc = pd.to_numeric(df["accuracy"], errors="coerce")
     ref = pd.to_numeric(df["reference_accuracy"], errors="coerce")
     within = acc.isna() | ref.isna() | (acc >= ref - ACCURACY_BUDGET - 1e-12)
@@ -265,3 +335,11 @@ def mark_recommended(df: pd.DataFrame) -> pd.DataFrame:
             df.loc[min(cands, key=lambda i: p50[i]), "recommended"] = True
     order = np.lexsort((p50.fillna(np.inf).to_numpy(), (~ok).to_numpy(), (~df["recommended"]).to_numpy()))
     return df.iloc[order].reset_index(drop=True)
+
+
+RowKey = tuple[Any, ...]
+
+
+def row_key(row: dict[str, Any]) -> RowKey:
+    """What one row measures: a later row with the same key replaces it (retries, ``--resume``)."""
+    return (row.get("device"), row.get("model"), row.get("target"), row.get("precision"), row.get("threads"))

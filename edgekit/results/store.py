@@ -9,7 +9,8 @@
         rows.parquet     the run's table, written atomically when the run ends or is interrupted
         artifacts/<profile>/   the artifacts the run measured (reused by ``--resume``)
 
-``rows.parquet`` and ``meta.json`` are replaced with ``os.replace`` (never half-written under their names);
+``rows.parquet`` and ``meta.json`` are replaced atomically (``edgekit._fs``: written beside, fsynced, renamed
+with ``os.replace``; never half-written under their names);
 a journal line cut short by a crash is ignored. A row replaces an earlier one with the same key (device,
 model, target, precision, threads): that is how retries and ``--resume`` leave no duplicates.
 """
@@ -29,12 +30,13 @@ from typing import Any, Iterator
 
 import pandas as pd
 
-from edgekit.bench.results import to_frame
-from edgekit.bench.run import row_key
+from edgekit._fs import atomic_path, atomic_write_bytes
+from edgekit.results.rows import to_frame
+from edgekit.results.rows import row_key
 from edgekit.errors import ConfigError, UnknownNameError
 
 META, JOURNAL, ROWS = "meta.json", "journal.jsonl", "rows.parquet"
-_JSON_COLUMNS = ("op_profile",)  # nested dicts of varying shape: stored as JSON text in Parquet
+_JSON_COLUMNS = ("op_profile", "provider_nodes")  # nested dicts of varying shape: stored as JSON text in Parquet
 
 
 def results_dir(path: str | Path | None = None) -> Path:
@@ -84,7 +86,7 @@ class Run:
             raise ConfigError(f"unreadable run metadata: {exc}", source=str(self.root / META)) from exc
 
     def write_meta(self, meta: dict[str, Any]) -> None:
-        _write_atomic(self.root / META, json.dumps(meta, indent=2, default=_json_default).encode())
+        atomic_write_bytes(self.root / META, json.dumps(meta, indent=2, default=_json_default).encode())
 
     def update_meta(self, **changes: Any) -> dict[str, Any]:
         with self._lock:
@@ -156,12 +158,8 @@ def write_parquet(df: pd.DataFrame, path: Path) -> None:
         if col in out.columns:
             out[col] = [None if v is None else json.dumps(v, default=_json_default) for v in out[col]]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         out.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_rows(path: Path) -> pd.DataFrame:
@@ -184,7 +182,7 @@ def load_run(run_id: str, store: str | Path | None = None) -> pd.DataFrame:
 def list_runs(store: str | Path | None = None) -> pd.DataFrame:
     """One line per run, newest first: id, status, model, devices, rows, failed rows, times."""
     base = results_dir(store)
-    items = []
+    items: list[dict[str, Any]] = []
     for root in sorted(base.iterdir() if base.is_dir() else [], reverse=True):
         if not (root / META).is_file():
             continue
@@ -209,24 +207,12 @@ def artifact_record(art: Any) -> dict[str, Any]:
 def artifact_from_record(data: dict[str, Any]) -> Any:
     from edgekit.exporters.base import Artifact, ParityResult
 
-    kw = {f.name: data.get(f.name) for f in fields(Artifact)}
+    kw: dict[str, Any] = {f.name: data.get(f.name) for f in fields(Artifact)}
     for key in ("path", "inputs", "eval_set"):
         kw[key] = Path(kw[key]) if kw[key] else None
     kw["files"] = [Path(p) for p in kw["files"] or []]
     kw["parity"] = ParityResult(**kw["parity"]) if kw["parity"] else None
     return Artifact(**kw)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _json_default(value: Any) -> Any:

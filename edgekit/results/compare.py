@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from edgekit.bench.results import finite
+from edgekit.results.rows import finite
 
 KEY = ["device", "model", "target", "precision", "threads"]
 # metric -> (higher is better?, how its uncertainty is found)

@@ -1,0 +1,100 @@
+"""Files: where edgekit keeps things between runs, and writing a file so that it is either whole or absent.
+
+The bottom layer: it imports nothing from edgekit.
+
+Atomic writes (``atomic_path``, ``atomic_write_bytes``, ``atomic_write_text``) write a temporary file beside
+the target and rename it over the target with ``os.replace``. The temporary name, ``.<name>.<random>.tmp``, is
+hidden, unique, in the same folder (so the rename stays on one filesystem) and ends in ``.tmp`` (so a leftover
+is easy to find). The policy, the same at every call site:
+
+- durability: the temporary file is fsynced before the rename, and the folder after it. A crash never leaves
+  a half-written file under the final name: a reader sees the old file or the new one, whole. (The folder
+  fsync is best effort: where a filesystem refuses it the rename is done but may be lost on power failure,
+  leaving the old file.)
+- failure: on any exception (KeyboardInterrupt included) the temporary file is removed and the target is
+  left as it was (absent if it was absent).
+- permissions: ``mode=None`` keeps the mode the writer created the file with (``open``, ``torch.save``,
+  ``to_parquet``: 0o666 less the umask, as for any new file; the old target's mode is not carried over); an
+  int is applied exactly (``os.chmod``, the umask not applied), e.g. 0o644 for a report others must read,
+  0o600 for a private file. The temporary file gets its mode before it is renamed, so the target never has
+  another.
+- the target's folder must exist: nothing here creates folders.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from pathlib import Path
+from typing import Iterator
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir"]
+
+
+def cache_dir() -> Path:
+    """``$EDGEKIT_CACHE``, else ``~/.cache/edgekit``: trained built-in models, the agent bundle."""
+    return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+
+
+def _temp_name(path: Path) -> Path:
+    """A hidden, unique name beside ``path``; the file is not created here (the writer creates it)."""
+    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str], *, mode: int | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` for the caller to write (by any writer: ``open``,
+    ``torch.save``, ``df.to_parquet``...); when the block ends without an exception, the file is made
+    durable and renamed over ``path``. On an exception it is removed and ``path`` is untouched.
+
+    The yielded path does not exist yet; the block must create it. See the module docstring for the policy.
+    """
+    final = Path(path)
+    tmp = _temp_name(final)
+    try:
+        yield tmp
+        if mode is not None:
+            os.chmod(tmp, mode)  # before the fsync, so the mode is as durable as the bytes
+        _fsync_file(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(final.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, mode: int | None = None) -> None:
+    """Write ``data`` to ``path`` whole or not at all (see ``atomic_path``)."""
+    with atomic_path(path, mode=mode) as tmp, open(tmp, "xb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str = "utf-8",
+                      mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` whole or not at all (see ``atomic_path``). Newlines are written as given."""
+    atomic_write_bytes(path, text.encode(encoding), mode=mode)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)  # fsync flushes the file's data whatever the descriptor was opened for
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable. Best effort: not every platform or filesystem allows it."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    try:
+        fd = os.open(folder, flags)
+    except OSError:  # e.g. Windows cannot open a folder
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # e.g. EINVAL on filesystems that do not support fsync on a folder
+        pass
+    finally:
+        os.close(fd)
