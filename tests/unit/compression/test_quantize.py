@@ -13,7 +13,7 @@ from edgekit.errors import UnknownNameError
 
 
 def test_registry_is_keyed_by_backend_and_lists_valid_keys() -> None:
-    assert sorted(QUANTIZERS) == ["litert", "xnnpack"]
+    assert sorted(QUANTIZERS) == ["litert", "onnxruntime", "xnnpack"]
     with pytest.raises(UnknownNameError, match="valid: litert, onnxruntime, xnnpack"):
         quantizer_for("qnnpack", QuantizationScheme())
 
