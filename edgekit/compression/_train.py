@@ -13,9 +13,6 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-# The one accuracy check lives with CompressedModel (compression.model); still importable from here, where
-# scripts/bench/compression.py takes it.
-from edgekit.compression.model import accuracy  # noqa: F401
 from edgekit.errors import CompressError
 from edgekit.models import Inputs, ModelSpec, TrainSet, as_inputs
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from edgekit.agent.execution import GPU_PROVIDERS
 from edgekit.config._catalog import Catalog
 from edgekit.config.target import Precision, list_targets
 from edgekit.errors import ConfigError
@@ -52,9 +53,6 @@ class QuantizationScheme(_Strict):
 
 class PruningScheme(_Strict):
     granularity: Literal["none", "unstructured", "channel", "2:4"] = "none"
-
-
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
 class TensorRtOptions(_Strict):

@@ -102,17 +102,11 @@ def _judge(check: DeviceCheck, prof: Profile) -> None:
         check.warnings.append(f"no energy sensor: {info.get('energy', {}).get('reason', 'unknown')}")
 
 
-# What to install on the device for each provider a GPU profile asks for.
-_PROVIDER_FIX = {
-    "CUDAExecutionProvider": "pip install onnxruntime-gpu (on a Jetson: the onnxruntime-gpu wheel built for its JetPack)",
-    "TensorrtExecutionProvider": "TensorRT (pip install tensorrt; on a Jetson it comes with JetPack) and an "
-                                 "onnxruntime-gpu built with TensorRT",
-}
-
-
 def _judge_accelerator(check: DeviceCheck, prof: Profile) -> None:
     """A GPU profile on a device whose onnxruntime cannot reach the GPU: say which providers are missing and
     what installs them; its rows would be CPU figures (flagged, never recommended)."""
+    from edgekit.agent.execution import INSTALL_HINTS
+
     if prof.accelerator == "none":
         return
     info = check.info
@@ -125,7 +119,7 @@ def _judge_accelerator(check: DeviceCheck, prof: Profile) -> None:
         if provider != "CPUExecutionProvider" and provider not in available:
             check.missing.append(f"execution provider {provider} (profile {prof.name!r}) is not in the device's "
                                  f"onnxruntime (it has {', '.join(available) or 'none'}): "
-                                 f"{_PROVIDER_FIX.get(provider, 'install it')}")
+                                 f"{INSTALL_HINTS.get(provider, 'install it')}")
     gpu: dict[str, Any] = info["gpu"] if isinstance(info.get("gpu"), dict) else {}
     if not gpu.get("available") and not gpu.get("jetson"):
         check.warnings.append(f"no GPU readings ({gpu.get('reason') or 'not reported'}): GPU memory, clocks and "

@@ -43,13 +43,12 @@ from edgekit.results.plots import (
     draw_plots,
     energy_values,
     numeric,
-    pareto_front,
     truthy,
     write_pngs,
 )
 from edgekit.results.rows import finite
 
-__all__ = ["PLOT_NAMES", "ReportFiles", "pareto_front", "write_report"]  # PLOT_NAMES, pareto_front: from .plots
+__all__ = ["ReportFiles", "write_report"]
 
 _DASH = "\u2014"  # shown for a missing value: never 0
 

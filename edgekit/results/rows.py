@@ -163,9 +163,14 @@ def gpu_fields(result: dict[str, Any]) -> dict[str, Any]:
 def flag_accelerator(row: dict[str, Any]) -> dict[str, Any]:
     """A row whose profile's accelerator did not run is ``noisy``, saying so in plain words."""
     if row.get("accelerator_ok") is False:
-        row["noisy"] = True
-        row["noisy_reasons"] = [*(row.get("noisy_reasons") or []), row.get("accelerator_note")]
+        mark_noisy(row, row.get("accelerator_note"))
     return row
+
+
+def mark_noisy(row: dict[str, Any], reason: str | None) -> None:
+    """The row's figures were disturbed or are not what they claim: ``noisy``, with ``reason`` added."""
+    row["noisy"] = True
+    row["noisy_reasons"] = [*(row.get("noisy_reasons") or []), reason]
 
 
 # ---- what a device sends back is untrusted ------------------------------------------------------------
@@ -275,8 +280,7 @@ def mark_emulated(row: dict[str, Any], emulated: bool) -> dict[str, Any]:
     """
     row["emulated"] = bool(emulated)
     if emulated and row.get("latency_ms_p50") is not None:
-        row["noisy"] = True
-        row["noisy_reasons"] = [*(row.get("noisy_reasons") or []), EMULATED_NOTE]
+        mark_noisy(row, EMULATED_NOTE)
         row.update(dict.fromkeys(_ENERGY_FIGURES))
         row["energy_status"] = f"unavailable: {EMULATED_NOTE}"
         row["energy_source"] = None

@@ -31,7 +31,8 @@ import torch
 import edgekit
 from edgekit import BenchConfig, Distill, LowRank, Prune, Qat, Recipe, TrainSpec
 from edgekit.compression._measure import count_macs, count_params
-from edgekit.compression._train import TrainSettings, accuracy, train
+from edgekit.compression._train import TrainSettings, train
+from edgekit.compression.model import accuracy
 from edgekit.compression.distill import distill
 from edgekit.models import TrainSet, load_model
 

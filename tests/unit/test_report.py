@@ -13,7 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from edgekit.results.report import pareto_front, write_report
+from edgekit.results.plots import pareto_front
+from edgekit.results.report import write_report
 from edgekit.results.rows import to_frame
 from edgekit.testing._browser import find_chromium, render
 from edgekit.testing.pytest_plugin import _require
