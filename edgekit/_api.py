@@ -114,12 +114,13 @@ def benchmark_steps(
     return _join_steps(df, variants)
 
 
-def layer_sensitivity(compressed: "CompressedModel", *, metric: str = "sqnr") -> "pd.DataFrame":
-    """Per layer, how much int8 hurts when only that layer is quantized (SQNR of the output, or accuracy
-    drop): the report behind mixed precision, most sensitive first."""
+def layer_sensitivity(compressed: "CompressedModel", *, metric: str = "sqnr",
+                      precision: str = "int8") -> "pd.DataFrame":
+    """Per layer, how much int8 (or int4) hurts when only that layer is quantized (SQNR and worst cosine of
+    the output, or accuracy drop): the report behind mixed precision, most sensitive first."""
     from edgekit.compression.sensitivity import layer_sensitivity as _sensitivity
 
-    return _sensitivity(compressed, metric=metric)
+    return _sensitivity(compressed, metric=metric, precision=precision)
 
 
 def save_model(compressed: "CompressedModel", path: str | Path) -> Path:

@@ -392,6 +392,10 @@ class ExecutorchRunner(Runner):
             from executorch.runtime import Runtime
         except ImportError as exc:
             raise _missing("executorch", exc) from exc
+        try:  # registers the quantized embedding kernels a transformer's int8/int4 .pte calls
+            import executorch.kernels.quantized  # noqa: F401
+        except ImportError:
+            pass
         self._torch = torch
         self.runtime, self.version = "executorch", _dist_version("executorch")
         self.threads_note = _set_executorch_threads(threads)

@@ -24,9 +24,10 @@ from edgekit.compression.model import (
     reference_outputs,
     top1_accuracy,
 )
+from edgekit.compression.quantize import linear_mode
 from edgekit.config.profile import Profile, host_profile, load_profile
 from edgekit.errors import CompressError, ModelError
-from edgekit.models import EvalSet, Inputs, ModelSpec, as_inputs, load_model
+from edgekit.models import EvalSet, Inputs, ModelSpec, as_inputs, load_model, model_family
 
 if TYPE_CHECKING:
     from edgekit.config.recipe import Recipe
@@ -63,6 +64,9 @@ def compress(
     DataLoader, or an ``.npz`` file with ``x``/``x_0``.. and ``y``) feeds the recipe's training steps; ``val_data`` its accuracy budget (default: the
     model's held-out set).
     """
+    if example_inputs is None and input_shape is None and calibration is not None \
+            and not isinstance(calibration, (str, Path)) and len(calibration) > 0:
+        example_inputs = as_inputs(calibration[0])  # the calibration samples show the input signature
     spec = load_model(model, example_inputs=example_inputs, input_shape=input_shape, allow_pickle=allow_pickle)
     prof = load_profile(profile) if profile is not None else host_profile()
     mode = prof.quantization.mode  # a Literal of QUANT_MODES' keys: the profile's validation refused any other
@@ -71,7 +75,9 @@ def compress(
         raise CompressError(f"profile {prof.name!r} asks for quantization.mode qat: pass a recipe with a qat step "
                             "(it needs training data and epochs), e.g. recipe=Recipe(steps=[Qat()])")
     samples = _calibration_samples(spec, calibration)
-    needs_calibration = "int8" in prof.precisions and mode == "static"
+    # A transformer's Linear layers quantize dynamically (ranges at run time): no calibration is needed.
+    dynamic_linear = linear_mode(prof.quantization, spec.module) == "dynamic"
+    needs_calibration = "int8" in prof.precisions and mode == "static" and not dynamic_linear
     if needs_calibration:
         if samples is None:
             raise CompressError(
@@ -81,7 +87,11 @@ def compress(
         q = prof.quantization.calibration
         samples = check_calibration(samples, spec.example_inputs, min_samples=q.min_samples, max_samples=q.max_samples)
     steps = [f"fp32 reference: {spec.origin}"]
-    if "int8" in prof.precisions:
+    if "int8" in prof.precisions and dynamic_linear:
+        steps.append(f"int8 for a {model_family(spec.module)}: Linear layers dynamic (int8 per-channel weights, "
+                     f"activations at run time), embeddings {prof.quantization.layers.embedding}; applied per "
+                     "target at export")
+    elif "int8" in prof.precisions:
         w, a = prof.quantization.weight, prof.quantization.activation
         symmetry = "symmetric" if w.symmetric else "asymmetric"
         steps.append(

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgekit.compression._train import TrainData, TrainSettings, mask_keeper, train, train_data_for
 from edgekit.compression.model import CompressedModel
-from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for
+from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for, weight_path, weight_quantized
 from edgekit.config.recipe import TrainSpec
 from edgekit.errors import CompressError
 from edgekit.models import ModelSpec
@@ -35,9 +35,13 @@ class StepState:
     qat: Any  # a compression.qat.QatPlan once a qat step ran, else None
     # Zeros left by unstructured / 2:4 pruning, by parameter name: later training keeps them zero.
     masks: dict[str, torch.Tensor] = field(default_factory=dict)
+    # Set by a mixed_precision step: the precision the model is judged at, and (int4) the layers kept int8.
+    precision: str = "int8"
+    int8_layers: list[str] = field(default_factory=list)
 
     def copy(self) -> "StepState":
-        return StepState(copy.deepcopy(self.module), list(self.fp32_layers), self.qat, dict(self.masks))
+        return StepState(copy.deepcopy(self.module), list(self.fp32_layers), self.qat, dict(self.masks),
+                         self.precision, list(self.int8_layers))
 
 
 class StepResult(NamedTuple):
@@ -55,6 +59,8 @@ class StepContext:
     teacher: nn.Module  # the model before the recipe
     train_data: TrainData | None
     threads: int | None
+    # The recipe's budget as a test of a scored model (None without a budget): what ``auto`` choices aim at.
+    fits: Callable[[Any], bool] | None = None
 
     @property
     def spec(self) -> ModelSpec:
@@ -75,27 +81,37 @@ class StepContext:
         st = self.state
         spec = dataclasses.replace(self.cm.spec, module=st.module.eval())
         return dataclasses.replace(self.cm, spec=spec, fp32_layers=list(st.fp32_layers), qat=st.qat,
-                                   steps=list(self.cm.steps), reference_accuracy=None, _reference=None)
+                                   int8_layers=list(st.int8_layers), steps=list(self.cm.steps),
+                                   reference_accuracy=None, _reference=None)
 
-    def int8_model(self) -> torch.fx.GraphModule:
-        """The XNNPACK int8 model as PyTorch simulates it: QAT when planned, else PTQ with calibration."""
+    def quantized_model(self, variant: CompressedModel | None = None) -> tuple[nn.Module, str]:
+        """The model as its ExecuTorch artifact will compute, simulated in PyTorch, and how it was built.
+
+        A transformer (or any int4 model): torchao's weight quantization, eager. Otherwise the XNNPACK int8
+        pt2e graph: QAT when planned, else PTQ with calibration.
+        """
         from torchao.quantization.pt2e import allow_exported_model_train_eval
 
-        variant = self.variant()
+        variant = variant or self.variant()
+        precision = self.state.precision
+        if weight_path(variant, precision):
+            module = weight_quantized(variant.spec.module, precision, variant.profile.quantization,
+                                      fp32_layers=variant.fp32_layers, int8_layers=variant.int8_layers)
+            return module, f"{precision} weights, dynamic int8 activations (torchao, simulated)"
         check_scheme(variant, "executorch")  # judged as the ExecuTorch int8 artifact will be built
         quantizer = quantizer_for("xnnpack", variant.profile.quantization, qat=variant.qat is not None,
                                   fp32_layers=variant.fp32_layers)
         gm = quantize_pt2e(variant, quantizer)
         allow_exported_model_train_eval(gm)
-        return gm
+        return gm, "int8 QAT (XNNPACK, simulated)" if variant.qat is not None else "int8 PTQ (XNNPACK, simulated)"
 
     def result(self, detail: str, *, int8: bool = False) -> StepResult:
-        """The step's outcome, scored in int8 once a step made int8 the point (``int8``, QAT, fp32 layers)."""
+        """The step's outcome, scored quantized once a step made that the point (``int8``, QAT, fp32 or int8
+        layers, int4)."""
         st = self.state
-        if st.qat is not None:
-            return StepResult(detail, self.int8_model(), "int8 QAT (XNNPACK, simulated)")
-        if st.fp32_layers or int8:
-            return StepResult(detail, self.int8_model(), "int8 PTQ (XNNPACK, simulated)")
+        if st.qat is not None or st.fp32_layers or st.int8_layers or st.precision != "int8" or int8:
+            scored, how = self.quantized_model()
+            return StepResult(detail, scored, how)
         return StepResult(detail, st.module, "fp32")
 
 

@@ -32,6 +32,8 @@ class CompressedModel:
     steps: list[str] = field(default_factory=list)
     # Module names (``features.0``) left in fp32 when an int8 artifact is built: mixed precision.
     fp32_layers: list[str] = field(default_factory=list)
+    # Linear layers kept at int8 in an int4 artifact (mixed precision for int4): the most sensitive ones.
+    int8_layers: list[str] = field(default_factory=list)
     # Set by a recipe's ``qat`` step: int8 pt2e exports then fine-tune with the target's own quantizer
     # (prepare_qat_pt2e -> train -> convert_pt2e) instead of calibrating.
     qat: Any = None

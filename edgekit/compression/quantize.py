@@ -7,23 +7,29 @@ the one prepare_pt2e -> calibration samples -> convert_pt2e loop; ``quantize_pt2
 QAT instead. onnxruntime's QDQ quantization is not here: it rewrites an exported .onnx file, not a pt2e
 graph (exporters/onnx.py). torchao, executorch and litert-torch load inside these functions only, when an
 int8 model is built.
+
+Transformers take another route (``weight_path``): their Linear layers get dynamic int8 activations, their
+embeddings weight-only int8, and ``int4`` 4-bit grouped weights, through torchao's ``quantize_`` configs
+(``weight_quantized``), which XNNPACK lowers and which PyTorch runs eagerly for sensitivity and budgets.
 """
 
 from __future__ import annotations
 
+import copy
 import functools
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import torch
+from torch import nn
 
 from edgekit.compression.model import CompressedModel
 from edgekit.config.profile import QuantizationScheme
 from edgekit.errors import CompressError, ExportError, UnknownNameError
-from edgekit.models import Inputs
+from edgekit.models import Inputs, model_family
 
 __all__ = ["QUANTIZERS", "calibrate", "calibration_samples", "capture", "check_fp32_layers", "check_scheme",
-           "in_layers", "keep_layers_fp32", "node_module_paths", "ptq_patterns_only", "quantize_pt2e",
-           "quantized_layers", "quantizer_for"]
+           "in_layers", "int4_ok", "quantizable_linear", "keep_layers_fp32", "linear_mode", "linearized", "node_module_paths", "ptq_patterns_only",
+           "quantize_pt2e", "quantized_layers", "quantizer_for", "weight_path", "weight_quantized"]
 
 
 # --- the backends' quantizers, by name -----------------------------------------------------------------
@@ -93,6 +99,114 @@ def check_scheme(cm: CompressedModel, target: str, *, asymmetric_weights: bool =
     if not w.symmetric and not asymmetric_weights:
         raise ExportError(target, f"this quantizer supports only symmetric int8 weights; set "
                                   f"quantization.weight.symmetric: true in profile {cm.profile.name!r}")
+
+
+# --- transformers: Linear and Embedding weights through torchao's quantize_ --------------------------------
+
+
+def linear_mode(scheme: QuantizationScheme, module: nn.Module) -> str:
+    """How Linear layers are quantized: the profile's ``layers.linear``, with ``auto`` resolved by the model."""
+    if scheme.layers.linear != "auto":
+        return scheme.layers.linear
+    return "dynamic" if model_family(module) == "transformer" else scheme.mode
+
+
+def weight_path(cm: CompressedModel, precision: str) -> bool:
+    """Whether this artifact is built by weight quantization (dynamic int8 / int4 Linear, weight-only
+    embeddings) rather than the calibrated pt2e graph: int4 always, int8 for a transformer whose Linear
+    layers are dynamic (a recipe's QAT keeps the pt2e route it trained)."""
+    if precision == "int4":
+        return True
+    return (precision == "int8" and cm.qat is None and linear_mode(cm.profile.quantization, cm.spec.module) == "dynamic"
+            and model_family(cm.spec.module) == "transformer")
+
+
+def _covers(names: Sequence[str], fqn: str) -> bool:
+    return any(fqn == n or fqn.startswith(n + ".") for n in names)
+
+
+def quantizable_linear(layer: nn.Module) -> bool:
+    """A Linear this route quantizes. Not ``nn.MultiheadAttention``'s output projection: the attention's
+    functional forward reads that weight directly (and its packed input projection is no Linear at all), so
+    those stay fp32; transformers' own attention layers are plain Linear modules and are quantized."""
+    from torch.nn.modules.linear import NonDynamicallyQuantizableLinear
+
+    return isinstance(layer, nn.Linear) and not isinstance(layer, NonDynamicallyQuantizableLinear)
+
+
+def int4_ok(layer: nn.Module, group_size: int) -> bool:
+    """A Linear whose input width the group size divides; others stay int8 in an int4 artifact."""
+    return isinstance(layer, nn.Linear) and layer.in_features % group_size == 0
+
+
+def linearized(module: nn.Module) -> nn.Module:
+    """``module`` with GPT-2-style ``Conv1D`` layers (a Linear whose weight is stored transposed, from
+    ``transformers``) replaced in place by ``nn.Linear``, so every quantizer sees them as the Linear they are."""
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            child = cast(Any, child)
+            if type(child).__name__ == "Conv1D" and hasattr(child, "nf") and child.weight.dim() == 2:
+                linear = nn.Linear(child.weight.shape[0], child.weight.shape[1], bias=child.bias is not None)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    if child.bias is not None:
+                        linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+    return module
+
+
+def weight_quantized(module: nn.Module, precision: str, scheme: QuantizationScheme, *,
+                     fp32_layers: Sequence[str] = (), int8_layers: Sequence[str] = (),
+                     only: Sequence[str] | None = None, embeddings: bool = True) -> nn.Module:
+    """A copy of ``module`` with int8 (or int4) Linear weights and dynamic int8 activations, and weight-only
+    embeddings, as torchao's ``quantize_`` configs that XNNPACK lowers (``Int8DynamicActivationIntxWeightConfig``,
+    ``IntxWeightOnlyConfig``). It runs eagerly too: sensitivity and fidelity budgets score it directly.
+
+    ``fp32_layers`` stay fp32; in an int4 model ``int8_layers`` keep int8 weights; ``only`` restricts the
+    Linear layers touched (a sensitivity probe). Embedding indices are never quantized, only the tables.
+    """
+    try:
+        from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig, quantize_
+        from torchao.quantization.granularity import PerAxis, PerGroup
+    except ImportError as exc:
+        raise CompressError("int8/int4 weight quantization of a transformer needs torchao; install "
+                            "edgekit[executorch]") from exc
+    if precision not in ("int8", "int4"):
+        raise CompressError(f"weight quantization: precision must be int8 or int4, got {precision!r}")
+    group = scheme.int4.group_size
+    int4_dtype = getattr(torch, "int4")  # noqa: B009  (missing from torch's type stubs)
+    out = linearized(copy.deepcopy(module).eval())
+    for m in out.modules():
+        if isinstance(m, nn.Embedding):
+            # padding_idx only shapes gradients; left set, ExecuTorch's fusion of the dequantize + embedding
+            # pattern into its quantized embedding kernel does not match (a 3-argument aten.embedding).
+            m.padding_idx = None
+
+    def linear(mod: nn.Module, fqn: str) -> bool:
+        return (quantizable_linear(mod) and not _covers(fp32_layers, fqn)
+                and (only is None or _covers(only, fqn)))
+
+    if embeddings and scheme.layers.embedding == "weight_only":
+        four_bit = precision == "int4" and scheme.int4.embedding_bits == 4
+
+        def table(m: nn.Module, fqn: str, bits: int) -> bool:  # 4-bit groups must divide the row
+            grouped = four_bit and m.embedding_dim % group == 0 if isinstance(m, nn.Embedding) else False
+            return isinstance(m, nn.Embedding) and not _covers(fp32_layers, fqn) and grouped == (bits == 4)
+
+        quantize_(out, IntxWeightOnlyConfig(weight_dtype=int4_dtype, granularity=PerGroup(group)),
+                  filter_fn=lambda m, fqn: table(m, fqn, 4))
+        quantize_(out, IntxWeightOnlyConfig(weight_dtype=torch.int8, granularity=PerAxis(0)),
+                  filter_fn=lambda m, fqn: table(m, fqn, 8))
+    int8 = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
+    if precision == "int8":
+        quantize_(out, int8, filter_fn=linear)
+        return out
+    four = Int8DynamicActivationIntxWeightConfig(weight_dtype=int4_dtype, weight_granularity=PerGroup(group))
+    quantize_(out, int8, filter_fn=lambda m, fqn: linear(m, fqn) and (_covers(int8_layers, fqn)
+                                                                     or not int4_ok(m, group)))
+    quantize_(out, four, filter_fn=lambda m, fqn: linear(m, fqn) and not _covers(int8_layers, fqn)
+              and int4_ok(m, group))
+    return out
 
 
 # --- capture, calibrate, convert -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 # Each step's module registers its handler on import (qat.py's through the QatPlan import below).
@@ -28,8 +29,9 @@ import edgekit.compression.sensitivity  # noqa: F401
 from edgekit.compression._measure import count_macs, count_nonzero, count_params, state_bytes
 from edgekit.compression._steps import StepContext, StepState, apply_step
 from edgekit.compression._train import TrainData
-from edgekit.compression.model import CompressedModel, accuracy, fp32_accuracy
+from edgekit.compression.model import CompressedModel, accuracy, flat_outputs, fp32_accuracy, reference_outputs
 from edgekit.compression.qat import QatPlan
+from edgekit.compression.sensitivity import worst_cosine
 from edgekit.config.recipe import Prune, Recipe
 from edgekit.errors import CompressError
 from edgekit.models import EvalSet
@@ -52,19 +54,64 @@ class StepRecord:
     fp32_bytes: int
     accuracy: float | None
     accuracy_drop_pts: float | None
+    cosine: float | None  # fidelity: worst held-out sample's cosine vs the fp32 model before the recipe
     evaluated_as: str
     seconds: float
     attempts: list[str] = field(default_factory=list)
     module: nn.Module | None = field(default=None, repr=False)
     fp32_layers: list[str] = field(default_factory=list)
     qat: QatPlan | None = field(default=None, repr=False)
+    int8_layers: list[str] = field(default_factory=list)
+    precision: str = "int8"
 
     def row(self) -> dict[str, Any]:
-        skip = {"module", "qat", "attempts", "fp32_layers"}
+        skip = {"module", "qat", "attempts", "fp32_layers", "int8_layers"}
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in skip}
         out["attempts"] = " | ".join(self.attempts)
         out["fp32_layers"] = ",".join(self.fp32_layers)
+        out["int8_layers"] = ",".join(self.int8_layers)
         return out
+
+
+class _Judge:
+    """Scores a step's model against the budget: top-1 on the labelled held-out set (when there is one) and
+    fidelity, the worst held-out sample's cosine vs the fp32 model before the recipe."""
+
+    def __init__(self, recipe: Recipe, cm: CompressedModel, teacher: nn.Module, val: EvalSet | None) -> None:
+        self.budget = recipe.budget
+        self.val = val
+        self.inputs = val.inputs[:64] if val is not None else cm.parity_inputs()
+        self.reference = reference_outputs(dataclasses.replace(cm.spec, module=teacher), self.inputs)
+        self.baseline = accuracy(teacher, val) if val is not None else None
+
+    def score(self, scored: Any) -> tuple[float | None, float]:
+        acc = accuracy(scored, self.val) if self.val is not None else None
+        with torch.no_grad():
+            outputs = [flat_outputs(scored(*s)) for s in self.inputs]
+        return acc, worst_cosine(self.reference, outputs)
+
+    def ok(self, drop: float | None, cosine: float | None) -> bool:
+        b = self.budget
+        if b is None:
+            return True
+        if b.max_accuracy_drop is not None and drop is not None and drop > b.max_accuracy_drop:
+            return False
+        return not (b.min_cosine is not None and cosine is not None and cosine < b.min_cosine)
+
+    def fits(self, scored: Any) -> bool:
+        acc, cosine = self.score(scored)
+        return self.ok(_drop(self.baseline, acc), cosine)
+
+    def verdict(self, drop: float | None, cosine: float | None) -> str:
+        b = self.budget
+        if b is None or self.ok(drop, cosine):
+            return ""
+        parts = []
+        if b.max_accuracy_drop is not None and drop is not None and drop > b.max_accuracy_drop:
+            parts.append(f"drop > budget {b.max_accuracy_drop:g}")
+        if b.min_cosine is not None and cosine is not None and cosine < b.min_cosine:
+            parts.append(f"cosine < budget {b.min_cosine:g}")
+        return " " + ", ".join(parts)
 
 
 def run_recipe(
@@ -78,25 +125,28 @@ def run_recipe(
     """``cm`` compressed by ``recipe``: a new CompressedModel whose ``history`` holds a record per step."""
     spec = cm.spec
     val = val_data or spec.eval_set
-    if recipe.budget is not None and val is None:
+    if recipe.budget is not None and recipe.budget.max_accuracy_drop is not None and val is None:
         raise CompressError(f"recipe {recipe.name!r} has an accuracy budget, and model {spec.name!r} has no "
-                            "held-out set; pass val_data=EvalSet(...) or drop the budget")
+                            "labelled held-out set; pass val_data=EvalSet(...), or budget on fidelity instead "
+                            "(budget: {min_cosine: 0.99})")
     teacher = spec.module
-    baseline = accuracy(teacher, val) if val is not None else None
+    judge = _Judge(recipe, cm, teacher, val)
+    baseline = judge.baseline
     history = [_record(0, "reference", "fp32 model", "reference", spec.origin, StepState(teacher, [], None), cm,
-                       baseline, baseline, "fp32", 0.0)]
+                       baseline, baseline, "fp32", 0.0, cosine=1.0)]
     state = StepState(copy.deepcopy(teacher), [], None)
     for group in _groups(recipe, cm):
         if on_event:
             on_event(", ".join(f"step {i}/{len(recipe.steps)}: {step.label()}" for i, step in group))
-        state, records = _run_group(group, state, history[-1], cm, recipe, teacher, train_data, val, baseline)
+        state, records = _run_group(group, state, history[-1], cm, recipe, teacher, train_data, judge)
         history += records
     out_spec = dataclasses.replace(spec, module=state.module.eval(), name=f"{spec.name}-{recipe.name}",
                                    origin=f"{spec.origin}; compressed by recipe {recipe.name!r}: {recipe.label()}")
     applied = [f"step {r.step} {r.label}: {r.status}; {r.detail}" for r in history[1:]]
     return dataclasses.replace(
         cm, spec=out_spec, reference_accuracy=fp32_accuracy(out_spec),
-        steps=[*cm.steps, *applied], fp32_layers=list(state.fp32_layers), qat=state.qat, history=history,
+        steps=[*cm.steps, *applied], fp32_layers=list(state.fp32_layers), int8_layers=list(state.int8_layers),
+        qat=state.qat, history=history,
         baseline_accuracy=baseline, _reference=None,
     )
 
@@ -113,7 +163,7 @@ def _groups(recipe: Recipe, cm: CompressedModel) -> list[list[tuple[int, Any]]]:
 
 def _run_group(
     group: list[tuple[int, Any]], state: StepState, before: StepRecord, cm: CompressedModel, recipe: Recipe,
-    teacher: nn.Module, train_data: TrainData | None, val: EvalSet | None, baseline: float | None,
+    teacher: nn.Module, train_data: TrainData | None, judge: _Judge,
 ) -> tuple[StepState, list[StepRecord]]:
     """Apply the group's steps on a copy; judge the result; over budget, retry with every step that can be
     made weaker made weaker, up to ``backoff.max_tries`` times, else keep the model as it was."""
@@ -125,15 +175,16 @@ def _run_group(
         records = []
         for (index, original), step in zip(group, current):
             t0 = time.perf_counter()
-            ctx = StepContext(candidate, cm, teacher, train_data, recipe.train_threads)
+            ctx = StepContext(candidate, cm, teacher, train_data, recipe.train_threads,
+                              fits=judge.fits if recipe.budget is not None else None)
             detail, scored, evaluated_as = apply_step(step, ctx)
-            acc = accuracy(scored, val) if val is not None else None
-            records.append(_record(index, original.method, step.label(), "", detail, candidate, cm, acc, baseline,
-                                   evaluated_as, time.perf_counter() - t0))
-        drop = records[-1].accuracy_drop_pts
-        ok = recipe.budget is None or drop is None or drop <= recipe.budget.max_accuracy_drop
+            acc, fidelity = judge.score(scored)
+            records.append(_record(index, original.method, step.label(), "", detail, candidate, cm, acc,
+                                   judge.baseline, evaluated_as, time.perf_counter() - t0, cosine=fidelity))
+        drop, cosine = records[-1].accuracy_drop_pts, records[-1].cosine
+        ok = judge.ok(drop, cosine)
         attempts.append(f"{' -> '.join(s.label() for s in current)}: accuracy {_pct(records[-1].accuracy)}, "
-                        f"drop {_pts(drop)}{'' if ok else f' > budget {recipe.budget.max_accuracy_drop:g}'}")  # type: ignore[union-attr]
+                        f"drop {_pts(drop)}, cosine {_cos(cosine)}{judge.verdict(drop, cosine)}")
         if ok:
             for r in records:
                 r.status, r.attempts = ("applied" if tries == 0 else "backed off"), list(attempts)
@@ -144,8 +195,9 @@ def _run_group(
         current = [w if w is not None else s for w, s in zip(weaker, current)]
     # Over budget however weak: the model stays as it was before this group, and so do its figures.
     reason = f"over budget after {len(attempts)} attempt(s); the model stays as before this step"
-    return state, [_record(index, step.method, step.label(), "skipped", reason, state, cm, before.accuracy, baseline,
-                           before.evaluated_as, time.perf_counter() - start, attempts) for index, step in group]
+    return state, [_record(index, step.method, step.label(), "skipped", reason, state, cm, before.accuracy,
+                           judge.baseline, before.evaluated_as, time.perf_counter() - start, attempts,
+                           cosine=before.cosine) for index, step in group]
 
 
 def _with_profile_defaults(step: Any, cm: CompressedModel) -> Any:
@@ -162,14 +214,16 @@ def _with_profile_defaults(step: Any, cm: CompressedModel) -> Any:
 def _record(
     index: int, method: str, label: str, status: str, detail: str, st: StepState, cm: CompressedModel,
     acc: float | None, baseline: float | None, evaluated_as: str, seconds: float, attempts: list[str] | None = None,
+    *, cosine: float | None = None,
 ) -> StepRecord:
     module = st.module
     return StepRecord(
         step=index, method=method, label=label, status=status, detail=detail, params=count_params(module),
         nonzero_params=count_nonzero(module), macs=count_macs(module, cm.spec.example_inputs),
-        fp32_bytes=state_bytes(module), accuracy=acc, accuracy_drop_pts=_drop(baseline, acc),
+        fp32_bytes=state_bytes(module), accuracy=acc, accuracy_drop_pts=_drop(baseline, acc), cosine=cosine,
         evaluated_as=evaluated_as, seconds=round(seconds, 2), attempts=attempts or [],
         module=copy.deepcopy(module).eval(), fp32_layers=list(st.fp32_layers), qat=st.qat,
+        int8_layers=list(st.int8_layers), precision=st.precision,
     )
 
 
@@ -181,6 +235,10 @@ def _drop(baseline: float | None, acc: float | None) -> float | None:
 
 def _pct(acc: float | None) -> str:
     return "n/a" if acc is None else f"{100.0 * acc:.2f}%"
+
+
+def _cos(cosine: float | None) -> str:
+    return "n/a" if cosine is None else f"{cosine:.4f}"
 
 
 def _pts(drop: float | None) -> str:
@@ -195,6 +253,7 @@ def step_models(cm: CompressedModel) -> list[tuple[StepRecord, CompressedModel]]
         if record.module is None or record.status == "skipped":
             continue
         spec = dataclasses.replace(cm.spec, module=record.module, name=f"{cm.spec.name}-step{record.step}")
-        out.append((record, dataclasses.replace(cm, spec=spec, fp32_layers=list(record.fp32_layers), qat=record.qat,
+        out.append((record, dataclasses.replace(cm, spec=spec, fp32_layers=list(record.fp32_layers),
+                                                int8_layers=list(record.int8_layers), qat=record.qat,
                                                 reference_accuracy=fp32_accuracy(spec), _reference=None)))
     return out

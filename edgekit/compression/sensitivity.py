@@ -1,14 +1,17 @@
-"""Mixed precision: measure how much each layer suffers from int8, and keep the worst ones in fp32.
+"""Mixed precision: measure how much each layer suffers from int8 (or int4), and keep the worst ones higher.
 
-A layer's sensitivity is measured with only that layer int8 and every other layer fp32, so the figure is
-the layer's own damage, not its share of everyone's. The quantizer is torchao pt2e's XNNPACKQuantizer set
-from the profile's scheme and calibrated with the model's calibration set, i.e. what the ExecuTorch int8
-artifact will do; every exporter then honours ``CompressedModel.fp32_layers``.
+A layer's sensitivity is measured with only that layer quantized and every other layer fp32, so the figure
+is the layer's own damage, not its share of everyone's. For a CNN the quantizer is torchao pt2e's
+XNNPACKQuantizer set from the profile's scheme and calibrated with the model's calibration set; for a
+transformer (and int4) it is the weight quantization its artifacts get (``quantize.weight_quantized``:
+dynamic int8 activations, int8 or int4 weights), i.e. what the ExecuTorch artifact will do. Every exporter
+then honours ``CompressedModel.fp32_layers`` (and, in int4 artifacts, ``int8_layers``).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -22,10 +25,15 @@ from edgekit.compression.quantize import (
     calibrate,
     calibration_samples,
     capture,
+    int4_ok,
     keep_layers_fp32,
+    linearized,
     ptq_patterns_only,
+    quantizable_linear,
     quantized_layers,
     quantizer_for,
+    weight_path,
+    weight_quantized,
 )
 from edgekit.config.recipe import MixedPrecision
 from edgekit.errors import CompressError
@@ -33,7 +41,8 @@ from edgekit.errors import CompressError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["METRICS", "QUANTIZABLE", "keep_fp32", "layer_sensitivity", "quantizable_layers", "sqnr_db"]
+__all__ = ["METRICS", "QUANTIZABLE", "keep_fp32", "keep_int8", "layer_sensitivity", "quantizable_layers", "sqnr_db",
+           "worst_cosine"]
 
 # Module types whose weights the int8 quantizers quantize (XNNPACK, litert-torch, onnxruntime QDQ).
 QUANTIZABLE: tuple[type[nn.Module], ...] = (
@@ -43,8 +52,23 @@ METRICS = ("sqnr", "accuracy", "both")
 
 
 def quantizable_layers(module: nn.Module) -> dict[str, nn.Module]:
-    """Conv / Linear modules by name (``features.0``): the layers mixed precision chooses among."""
+    """Conv / Linear modules by name (``features.0``): the layers mixed precision chooses among (GPT-2's
+    transposed ``Conv1D`` layers count as the Linear layers they are)."""
+    if any(type(m).__name__ == "Conv1D" for m in module.modules()):
+        module = linearized(copy.deepcopy(module))
     return {name: m for name, m in module.named_modules() if name and isinstance(m, QUANTIZABLE)}
+
+
+def worst_cosine(reference: Sequence[Sequence[np.ndarray]], other: Sequence[Sequence[np.ndarray]]) -> float:
+    """The worst sample's cosine similarity of ``other`` to ``reference`` (all outputs of a sample joined)."""
+    worst = 1.0
+    for ref, out in zip(reference, other):
+        r = np.concatenate([np.ravel(a).astype(np.float64) for a in ref])
+        o = np.concatenate([np.ravel(a).astype(np.float64) for a in out])
+        nr, no = float(np.linalg.norm(r)), float(np.linalg.norm(o))
+        cos = 1.0 if nr == no == 0 else (0.0 if nr == 0 or no == 0 else float(r @ o) / (nr * no))
+        worst = min(worst, cos)
+    return worst
 
 
 def sqnr_db(reference: Sequence[Sequence[np.ndarray]], other: Sequence[Sequence[np.ndarray]]) -> float:
@@ -59,7 +83,7 @@ def sqnr_db(reference: Sequence[Sequence[np.ndarray]], other: Sequence[Sequence[
 
 
 def layer_sensitivity(
-    cm: CompressedModel, *, metric: str = "sqnr", layers: Sequence[str] | None = None
+    cm: CompressedModel, *, metric: str = "sqnr", layers: Sequence[str] | None = None, precision: str = "int8",
 ) -> pd.DataFrame:
     """One row per quantizable layer, most sensitive first, measured with only that layer int8.
 
@@ -68,6 +92,8 @@ def layer_sensitivity(
     ``metric="accuracy"`` or ``"both"``: ``accuracy`` and ``accuracy_drop_pts`` (vs
     ``cm.reference_accuracy``, in percentage points). ``"sqnr"`` and ``"both"`` sort by SQNR (lowest
     first): on a small eval set accuracy moves in steps of one sample. ``"accuracy"`` sorts by the drop.
+    ``cosine`` (worst sample vs the reference) is always there too. ``precision="int4"`` (or int8 of a
+    transformer) measures the weight quantization the transformer's artifacts get, Linear layers only.
     Without ``layers``, ``df.attrs`` also holds the all-layers-int8 figures (``all_int8_sqnr_db``,
     ``all_int8_accuracy``) for context.
     """
@@ -84,6 +110,8 @@ def layer_sensitivity(
         raise CompressError(f"layer_sensitivity: model {cm.name!r} has no Conv/Linear layer to quantize")
     chosen = list(candidates) if layers is None else _check_names(list(layers), cm.spec.module, "layer_sensitivity")
     reference = cm.reference_outputs()
+    if weight_path(cm, precision):
+        return _weight_sensitivity(cm, precision, chosen, reference, metric, all_layers=layers is None)
     captured = capture(cm).module()
     rows = []
     for name in chosen:
@@ -93,8 +121,9 @@ def layer_sensitivity(
             "layer": name, "op": type(cm.spec.module.get_submodule(name)).__name__,
             "params": sum(p.numel() for p in cm.spec.module.get_submodule(name).parameters()),
             "weight_int8": any(q for k, q in int8.items() if k == name or k.startswith(name + ".")),
-            "sqnr_db": sqnr_db(reference, _run(gm, cm.parity_inputs())),
         }
+        outputs = _run(gm, cm.parity_inputs())
+        row.update(sqnr_db=sqnr_db(reference, outputs), cosine=worst_cosine(reference, outputs))
         if with_accuracy:
             row.update(_accuracy(gm, cm))
         rows.append(row)
@@ -126,26 +155,84 @@ def keep_fp32(
     ``cm`` itself. ``sensitivity`` is a ``layer_sensitivity`` table to reuse; with ``n`` and none given,
     one is measured (SQNR). A name may be a container (``classifier``): everything inside stays fp32.
     """
+    names, why = _choose(cm, n, layers, sensitivity, "keep_fp32", "int8")
+    cm.fp32_layers = names
+    cm.steps.append(f"mixed precision: {len(names)} layer(s) kept fp32 in quantized artifacts ({why})"
+                    if names else "mixed precision: no layer kept fp32")
+    return cm
+
+
+def keep_int8(
+    cm: CompressedModel,
+    n: int | None = None,
+    layers: Sequence[str] | None = None,
+    sensitivity: pd.DataFrame | None = None,
+) -> CompressedModel:
+    """Give the ``n`` most sensitive Linear layers under int4 (or the named ``layers``) int8 weights in every
+    int4 artifact: the int4 model's mixed precision. Sets ``cm.int8_layers``; returns ``cm``."""
+    names, why = _choose(cm, n, layers, sensitivity, "keep_int8", "int4")
+    cm.int8_layers = names
+    cm.steps.append(f"mixed precision: {len(names)} layer(s) kept int8 in int4 artifacts ({why})"
+                    if names else "mixed precision: no layer kept int8 in int4 artifacts")
+    return cm
+
+
+def _choose(cm: CompressedModel, n: int | None, layers: Sequence[str] | None, sensitivity: pd.DataFrame | None,
+            who: str, precision: str) -> tuple[list[str], str]:
     if (n is None) == (layers is None):
-        raise CompressError("keep_fp32: pass exactly one of n (how many of the most sensitive layers) or layers "
+        raise CompressError(f"{who}: pass exactly one of n (how many of the most sensitive layers) or layers "
                             "(module names)")
     candidates = quantizable_layers(cm.spec.module)
     if layers is not None:
-        names = _check_names(list(dict.fromkeys(layers)), cm.spec.module, "keep_fp32")
-        why = "as asked"
-    else:
-        if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(candidates):
-            raise CompressError(f"keep_fp32: n must be an integer in [0, {len(candidates)}] (the model's "
-                                f"quantizable layers), got {n!r}")
-        table = sensitivity if sensitivity is not None else layer_sensitivity(cm, metric="sqnr")
-        if "layer" not in getattr(table, "columns", ()):
-            raise CompressError("keep_fp32: sensitivity must be a layer_sensitivity() table (a 'layer' column)")
-        names = _check_names([str(x) for x in table["layer"][:n]], cm.spec.module, "keep_fp32")
-        why = "most sensitive: " + ", ".join(_describe(r) for r in table.head(n).to_dict("records"))
-    cm.fp32_layers = names
-    cm.steps.append(f"mixed precision: {len(names)} layer(s) kept fp32 in int8 artifacts ({why})"
-                    if names else "mixed precision: no layer kept fp32")
-    return cm
+        return _check_names(list(dict.fromkeys(layers)), cm.spec.module, who), "as asked"
+    if not isinstance(n, int) or isinstance(n, bool) or not 0 <= n <= len(candidates):
+        raise CompressError(f"{who}: n must be an integer in [0, {len(candidates)}] (the model's "
+                            f"quantizable layers), got {n!r}")
+    table = sensitivity if sensitivity is not None else layer_sensitivity(cm, metric="sqnr", precision=precision)
+    if "layer" not in getattr(table, "columns", ()):
+        raise CompressError(f"{who}: sensitivity must be a layer_sensitivity() table (a 'layer' column)")
+    names = _check_names([str(x) for x in table["layer"][:n]], cm.spec.module, who)
+    return names, "most sensitive: " + ", ".join(_describe(r) for r in table.head(n).to_dict("records"))
+
+
+def _weight_sensitivity(cm: CompressedModel, precision: str, chosen: list[str], reference: list[list[np.ndarray]],
+                        metric: str, *, all_layers: bool) -> pd.DataFrame:
+    """``layer_sensitivity`` for the weight-quantization route: one Linear quantized at a time, eagerly."""
+    import pandas as pd
+
+    scheme = cm.profile.quantization
+    module = linearized(copy.deepcopy(cm.spec.module))
+    linears = {n for n, m in module.named_modules() if quantizable_linear(m)}
+    inputs = cm.parity_inputs()
+    rows = []
+    for name in chosen:
+        mine = [k for k in linears if k == name or k.startswith(name + ".")]
+        if not mine:
+            continue  # a convolution: this route leaves it fp32, so it has no sensitivity here
+        layer = module.get_submodule(name)
+        outputs = _run(weight_quantized(module, precision, scheme, only=[name], embeddings=False), inputs)
+        bits = 4 if precision == "int4" and all(int4_ok(module.get_submodule(k), scheme.int4.group_size)
+                                                 for k in mine) else 8
+        row: dict[str, Any] = {"layer": name, "op": type(layer).__name__,
+                               "params": sum(p.numel() for p in layer.parameters()), "weight_bits": bits,
+                               "sqnr_db": sqnr_db(reference, outputs), "cosine": worst_cosine(reference, outputs)}
+        if metric in ("accuracy", "both"):
+            row.update(_accuracy(weight_quantized(module, precision, scheme, only=[name], embeddings=False), cm))
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    if metric == "accuracy":
+        df = df.sort_values(["accuracy_drop_pts", "sqnr_db"], ascending=[False, True], kind="stable")
+    elif not df.empty:
+        df = df.sort_values("sqnr_db", kind="stable")
+    df = df.reset_index(drop=True)
+    if all_layers:
+        whole = _run(weight_quantized(module, precision, scheme), inputs)
+        df.attrs[f"all_{precision}_sqnr_db"] = sqnr_db(reference, whole)
+        df.attrs[f"all_{precision}_cosine"] = worst_cosine(reference, whole)
+    df.attrs["reference_accuracy"] = cm.reference_accuracy
+    df.attrs["metric"] = metric
+    df.attrs["precision"] = precision
+    return df
 
 
 def _describe(row: dict[str, Any]) -> str:
@@ -181,12 +268,12 @@ def _quantize_all_but(
     return gm, quantized_layers(gm)
 
 
-def _run(gm: torch.fx.GraphModule, samples: Sequence[tuple[torch.Tensor, ...]]) -> list[list[np.ndarray]]:
+def _run(gm: nn.Module, samples: Sequence[tuple[torch.Tensor, ...]]) -> list[list[np.ndarray]]:
     with torch.no_grad():
         return [flat_outputs(gm(*s)) for s in samples]
 
 
-def _accuracy(gm: torch.fx.GraphModule, cm: CompressedModel) -> dict[str, float]:
+def _accuracy(gm: nn.Module, cm: CompressedModel) -> dict[str, float]:
     assert cm.spec.eval_set is not None
     with torch.no_grad():
         acc = top1_accuracy(lambda x: flat_outputs(gm(*x)), cm.spec.eval_set)
@@ -196,15 +283,62 @@ def _accuracy(gm: torch.fx.GraphModule, cm: CompressedModel) -> dict[str, float]
 
 @register_step_handler(MixedPrecision)
 def _mixed_precision_step(step: MixedPrecision, ctx: StepContext) -> StepResult:
-    """A recipe's ``mixed_precision`` step: keep the most sensitive (or the named) layers fp32; scored as
-    the int8 model that leaves."""
+    """A recipe's ``mixed_precision`` step: keep the most sensitive (or the named) layers fp32 (and, in an
+    int4 model, int8); scored as the quantized model that leaves.
+
+    ``auto`` keeps the fewest layers whose model meets the recipe's budget, found by bisection over the
+    sensitivity ranking (keeping more layers at higher precision does not lower fidelity, within noise).
+    """
+    ctx.state.precision = step.precision
     variant = ctx.variant()
     if ctx.spec.eval_set is not None:  # accuracy drops are measured against this step's own fp32 model
         variant.reference_accuracy = accuracy(ctx.state.module, ctx.spec.eval_set)
-    if isinstance(step.keep_fp32, int):
-        table = layer_sensitivity(variant, metric=step.metric)
-        kept = keep_fp32(variant, n=step.keep_fp32, sensitivity=table)
-    else:
-        kept = keep_fp32(variant, layers=step.keep_fp32)
-    ctx.state.fp32_layers = list(kept.fp32_layers)
-    return ctx.result(f"fp32 layers: {', '.join(ctx.state.fp32_layers) or 'none'}", int8=True)
+    table: pd.DataFrame | None = None
+    if isinstance(step.keep_fp32, int) or step.keep_fp32 == "auto" or isinstance(step.keep_int8, int) \
+            or step.keep_int8 == "auto":
+        table = layer_sensitivity(variant, metric=step.metric, precision=step.precision)
+    plan = {"fp32": step.keep_fp32, "int8": step.keep_int8 if step.precision == "int4" else 0}
+    for kind in ("fp32", "int8"):
+        if plan[kind] == "auto":
+            plan[kind] = _fewest_that_fit(ctx, variant, table, kind, plan)
+    keep_fp32(variant, **_how(plan["fp32"]), sensitivity=table)
+    ctx.state.fp32_layers = list(variant.fp32_layers)
+    if step.precision == "int4":
+        keep_int8(variant, **_how(plan["int8"]), sensitivity=table)
+        ctx.state.int8_layers = [n for n in variant.int8_layers if n not in ctx.state.fp32_layers]
+    detail = f"fp32 layers: {', '.join(ctx.state.fp32_layers) or 'none'}"
+    if step.precision == "int4":
+        detail += f"; int8 layers: {', '.join(ctx.state.int8_layers) or 'none'}"
+    return ctx.result(detail, int8=True)
+
+
+def _how(keep: Any) -> dict[str, Any]:
+    return {"n": keep} if isinstance(keep, int) else {"layers": list(keep)}
+
+
+def _fewest_that_fit(ctx: StepContext, variant: CompressedModel, table: Any, kind: str, plan: dict[str, Any]) -> int:
+    if ctx.fits is None:
+        raise CompressError(f"mixed_precision: keep_{kind}: auto needs a recipe budget (min_cosine or "
+                            "max_accuracy_drop) to aim at")
+    ranked = [str(x) for x in table["layer"]]
+
+    def fits(n: int) -> bool:
+        trial = dataclasses.replace(variant, int8_layers=list(variant.int8_layers), fp32_layers=list(variant.fp32_layers))
+        other = plan["int8" if kind == "fp32" else "fp32"]
+        if other != "auto":
+            setattr(trial, f"{'int8' if kind == 'fp32' else 'fp32'}_layers",
+                    ranked[:other] if isinstance(other, int) else list(other))
+        setattr(trial, f"{kind}_layers", ranked[:n])
+        scored, _ = ctx.quantized_model(trial)
+        return bool(ctx.fits(scored))  # type: ignore[misc]
+
+    lo, hi = 0, len(ranked)
+    if not fits(hi):
+        return hi  # even all of them is over budget: the recipe's judgement says so next
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo

@@ -40,11 +40,39 @@ class CalibrationScheme(_Strict):
     max_samples: PositiveInt = 256
 
 
+class LayerSchemes(_Strict):
+    """How each kind of layer is quantized in an int8 (or int4) artifact.
+
+    Convolutions follow ``quantization.mode`` (static int8, calibrated, as CNNs always have). ``linear: auto``
+    follows ``mode`` too in a model without attention or token embeddings (a CNN's classifier head), and is
+    ``dynamic`` in a transformer: activation ranges computed at run time per token (ExecuTorch / LiteRT,
+    XNNPACK) or per tensor (onnxruntime), weights per-channel int8, because one calibrated range per tensor
+    does not fit activations whose outliers move with the input. Embeddings are weight-only: their int64
+    indices are never quantized. LayerNorm, softmax and GELU stay float in every target.
+    """
+
+    linear: Literal["auto", "static", "dynamic"] = "auto"
+    embedding: Literal["weight_only", "fp32"] = "weight_only"
+
+
+class Int4Scheme(_Strict):
+    """The ``int4`` precision: 4-bit symmetric weights in groups, int8 dynamic activations (Linear/matmul)."""
+
+    group_size: Literal[32, 64, 128, 256] = 32  # LiteRT's blockwise kernels take exactly these
+    # Weight-only embedding tables, in groups of group_size when 4-bit. 4 by default: the tables are half of a
+    # small encoder's bytes (MiniLM: int4 with 8-bit tables is 0.21x fp32, with 4-bit 0.16x), at no measured cost.
+    embedding_bits: Literal[4, 8] = 4
+    # onnxruntime MatMulNBits: 4 computes in int8 (fast on CPU); 0 keeps fp32 compute (slow, exact to the weights).
+    accuracy_level: Literal[0, 1, 2, 3, 4] = 4
+
+
 class QuantizationScheme(_Strict):
     mode: Literal["static", "dynamic", "qat"] = "static"
     weight: WeightScheme = WeightScheme()
     activation: ActivationScheme = ActivationScheme()
     calibration: CalibrationScheme = CalibrationScheme()
+    layers: LayerSchemes = LayerSchemes()
+    int4: Int4Scheme = Int4Scheme()
 
     @property
     def per_channel(self) -> bool:

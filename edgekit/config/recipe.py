@@ -1,9 +1,11 @@
-"""Compression recipes: an ordered chain of steps under an accuracy budget, from YAML or Python.
+"""Compression recipes: an ordered chain of steps under an accuracy (or fidelity) budget, from YAML or Python.
 
 YAML (each step a one-key mapping; the profile fills what a step leaves out)::
 
     name: small-and-int8
     budget: {max_accuracy_drop: 1.0}      # points of top-1 vs the fp32 model, on the held-out set
+                                          # or {min_cosine: 0.97}: worst-sample cosine vs the fp32 model's
+                                          # outputs on held-out inputs, for models without labels
     backoff: {factor: 0.5, max_tries: 2}  # a step over budget retries weaker: ratio x0.5, ...
     steps:
       - prune: {granularity: channel, ratio: 0.5, iterations: 2, finetune: {epochs: 4}}
@@ -104,16 +106,33 @@ class LowRank(_Step):
         return f"lowrank({rule})"
 
 
+Keep = Union[NonNegativeInt, list[str], Literal["auto"]]
+
+
 class MixedPrecision(_Step):
     method: Literal["mixed_precision"] = "mixed_precision"
-    keep_fp32: NonNegativeInt | list[str] = Field(default=1, description="how many of the most sensitive layers "
-                                                                        "(or which layers) stay fp32")
+    precision: Literal["int8", "int4"] = Field(default="int8", description="the precision the rest of the model "
+                                                                            "takes (int4: transformers' Linear layers)")
+    keep_fp32: Keep = Field(default=1, description="how many of the most sensitive layers (or which layers) stay "
+                                                   "fp32; auto: the fewest that meet the recipe's budget")
+    keep_int8: Keep = Field(default=0, description="with precision int4: how many of the most sensitive Linear "
+                                                   "layers (or which) keep int8 weights; auto as for keep_fp32")
     metric: Literal["sqnr", "accuracy"] = "sqnr"
+
+    @model_validator(mode="after")
+    def _int8_needs_int4(self) -> "MixedPrecision":
+        if self.precision == "int8" and self.keep_int8 not in (0, []):
+            raise ValueError("keep_int8 applies to precision int4 only")
+        if self.keep_fp32 == "auto" and self.keep_int8 == "auto":
+            raise ValueError("set at most one of keep_fp32 and keep_int8 to auto")
+        return self
 
     def weaker(self, factor: float) -> None:
         return None
 
     def label(self) -> str:
+        if self.precision == "int4":
+            return f"mixed_precision(int4, keep_fp32={self.keep_fp32}, keep_int8={self.keep_int8})"
         return f"mixed_precision(keep_fp32={self.keep_fp32})"
 
 
@@ -134,7 +153,17 @@ STEP_TYPES = {"prune": Prune, "distill": Distill, "lowrank": LowRank, "mixed_pre
 
 
 class Budget(_Strict):
-    max_accuracy_drop: float = Field(ge=0, description="points of top-1 accuracy vs the fp32 model")
+    """What a step may cost. Accuracy needs labels; fidelity (``min_cosine``) needs only held-out inputs."""
+
+    max_accuracy_drop: float | None = Field(default=None, ge=0, description="points of top-1 vs the fp32 model")
+    min_cosine: float | None = Field(default=None, ge=-1, le=1, description="worst-sample cosine similarity of the "
+                                     "outputs vs the fp32 model's, on the held-out inputs")
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> "Budget":
+        if self.max_accuracy_drop is None and self.min_cosine is None:
+            raise ValueError("set max_accuracy_drop (points of top-1) or min_cosine (fidelity), or both")
+        return self
 
 
 class Backoff(_Strict):

@@ -11,7 +11,9 @@ from edgekit.config._catalog import Catalog
 
 # Defined here, not in profile.py: a profile names its targets, so profile.py imports this module and
 # never the other way round.
-Precision = Literal["fp32", "fp16", "int8"]
+# int4: 4-bit weights in groups with int8 dynamic activations for Linear/matmul layers, weight-only embeddings
+# (transformers; ``quantization.int4`` in the profile). A target lists it only where its runtime has kernels.
+Precision = Literal["fp32", "fp16", "int8", "int4"]
 
 
 class Tolerance(BaseModel):

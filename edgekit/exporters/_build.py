@@ -99,7 +99,7 @@ def _check(art: Artifact, cm: CompressedModel, target: Target) -> None:
     try:
         runner = load_runner(target.format, str(art.path), threads=cm.profile.threads)
         art.parity = check_parity(runner, cm.parity_inputs(), cm.reference_outputs(),
-                                  target.tolerance_for(art.precision))
+                                  target.tolerance_for(art.precision), class_scores=cm.spec.class_scores)
         art.accuracy = runner_accuracy(runner, cm.spec)
     except Exception as exc:
         art.error = f"{target.name}: exported, but running it failed: {type(exc).__name__}: {exc}"

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from edgekit.compression.model import CompressedModel
 
 # Rough relative cost, so the two workers get about equal shares.
-_COST = {("executorch", "int8"): 6, ("tflite", "int8"): 5, ("executorch", "fp32"): 4, ("tflite", "fp32"): 3}
+_COST = {("executorch", "int8"): 6, ("executorch", "int4"): 6, ("tflite", "int8"): 5, ("tflite", "int4"): 5,
+         ("executorch", "fp32"): 4, ("tflite", "fp32"): 3}
 
 Task = tuple[Target, str]
 

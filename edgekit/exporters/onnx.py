@@ -1,18 +1,28 @@
-"""ONNX through torch.onnx (dynamo); fp16 by exporting a half-precision copy; int8 as onnxruntime QDQ."""
+"""ONNX through torch.onnx (dynamo); fp16 by exporting a half-precision copy; int8 as onnxruntime QDQ.
+
+Transformers take onnxruntime's own transformer route (``_onnx_transformer``): fp32 with attention,
+SkipLayerNorm and GELU fused; int8 as dynamic quantization of MatMul/Gemm (per-channel int8 weights, per-tensor
+uint8 activations computed at run time) with int8 embedding tables; int4 as ``MatMulNBits`` blocks
+(``accuracy_level`` 4: int8 compute) with 4-bit (``GatherBlockQuantized``) or int8 embedding tables. Layers a
+mixed-precision step keeps fp32 (or int8 in an int4 model) are excluded by ONNX node.
+"""
 
 from __future__ import annotations
 
 import copy
+import shutil
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from edgekit.compression.model import CompressedModel
-from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for
+from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for, weight_path
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
 from edgekit.exporters.base import Exporter
+from edgekit.models import model_family
 
 
 class OnnxExporter(Exporter):
@@ -20,7 +30,21 @@ class OnnxExporter(Exporter):
 
     def export(self, cm: CompressedModel, precision: str, target: Target, dest: Path) -> Path:
         path = dest / f"model{target.extension}"
-        if precision == "int8" and cm.qat is not None:
+        if weight_path(cm, precision):
+            self._export_weight_quantized(cm, precision, path, target)
+        elif precision == "fp32" and model_family(cm.spec.module) == "transformer":
+            from edgekit.exporters._onnx_transformer import optimize_fp32
+
+            with self._plain(cm, dest, target) as plain:
+                try:
+                    print(f"onnxruntime fusions: {', '.join(optimize_fp32(plain, path)) or 'none'}", flush=True)
+                except ExportError as exc:
+                    # onnxscript's fusions can leave a graph onnxruntime refuses (GPT-2: a Gemm given a 3-D
+                    # input): ship the unfused graph, which parity then checks like any other.
+                    print(f"onnxruntime fusions not applied, unfused graph kept: {exc}", flush=True)
+                    path.unlink(missing_ok=True)
+                    shutil.move(str(plain), str(path))
+        elif precision == "int8" and cm.qat is not None:
             self._export_qat(cm, path, target)
         elif precision == "int8":
             fp32 = dest / "_fp32" / "model.onnx"
@@ -38,6 +62,43 @@ class OnnxExporter(Exporter):
         else:
             self._torch_export(cm.spec.module, cm.spec.example_inputs, path, target)
         return path
+
+    @contextmanager
+    def _plain(self, cm: CompressedModel, dest: Path, target: Target) -> Iterator[Path]:
+        """The fp32 graph with inline weights (what onnxruntime's optimizers and quantizers read), removed after."""
+        work = dest / "_plain"
+        work.mkdir()
+        try:
+            plain = work / "model.onnx"
+            self._torch_export(cm.spec.module, cm.spec.example_inputs, plain, target, external_data=False)
+            yield plain
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _export_weight_quantized(self, cm: CompressedModel, precision: str, path: Path, target: Target) -> None:
+        """A transformer's int8 (dynamic MatMul, int8 embeddings) or int4 (MatMulNBits) artifact."""
+        from edgekit.exporters import _onnx_transformer as ot
+
+        q = cm.profile.quantization
+        with self._plain(cm, path.parent, target) as plain:
+            fp32 = onnx_nodes_of_layers(plain, cm.fp32_layers, target.name)
+            if precision == "int8":
+                ot.quantize_int8(plain, path, per_channel=True, reduce_range=q.weight.reduce_range, exclude=fp32)
+                check_onnx_fp32_nodes(path, fp32, target.name)
+                return
+            int8 = onnx_nodes_of_layers(plain, cm.int8_layers, target.name)
+            four = plain.with_name("int4.onnx")
+            ot.quantize_int4(plain, four, block_size=q.int4.group_size, accuracy_level=q.int4.accuracy_level,
+                             exclude=[*fp32, *int8], embedding_bits=q.int4.embedding_bits)
+            if q.int4.embedding_bits == 8:
+                tables = four.with_name("tables.onnx")
+                ot.quantize_gathers(four, tables)
+                four = tables
+            if int8:
+                ot.quantize_int8_nodes(four, path, int8, reduce_range=q.weight.reduce_range)
+            else:
+                shutil.move(str(four), str(path))
+            check_onnx_fp32_nodes(path, fp32, target.name)
 
     def _export_qat(self, cm: CompressedModel, path: Path, target: Target) -> None:
         """QAT learns its ranges inside a pt2e quantizer: export that converted graph, whose quantize /

@@ -17,8 +17,10 @@ def to_numpy(sample: Inputs) -> list[np.ndarray]:
     return [t.detach().numpy() for t in sample]
 
 
-def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], tol: Tolerance) -> ParityResult:
-    """Worst-case error and cosine over samples; top-1 agreement on the first output."""
+def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], tol: Tolerance, *,
+            class_scores: bool = True) -> ParityResult:
+    """Worst-case error and cosine over samples; top-1 agreement on the first output when it holds class
+    scores (an embedding's or a language model's argmax agreeing says nothing, so it is not judged)."""
     max_err, worst_cos, agree = 0.0, 1.0, []
     for ref, out in zip(reference, actual):
         if len(ref) != len(out):
@@ -33,7 +35,7 @@ def compare(reference: list[list[np.ndarray]], actual: list[list[np.ndarray]], t
             return ParityResult(len(reference), float("inf"), -1.0, None, False, ["outputs are not finite"])
         max_err = max(max_err, float(np.max(np.abs(r - o))) if r.size else 0.0)
         worst_cos = min(worst_cos, _cosine(r, o))
-        if ref[0].shape[-1] > 1:
+        if class_scores and ref[0].shape[-1] > 1:
             agree.append(int(np.argmax(ref[0].reshape(-1, ref[0].shape[-1])[0])) ==
                          int(np.argmax(out[0].reshape(-1, out[0].shape[-1])[0])))
     top1 = float(np.mean(agree)) if agree else None
@@ -62,10 +64,10 @@ def _failures(err: float, cos: float, top1: float | None, tol: Tolerance) -> lis
 
 
 def check_parity(runner: Runner, samples: Sequence[Inputs], reference: list[list[np.ndarray]],
-                 tol: Tolerance) -> ParityResult:
+                 tol: Tolerance, *, class_scores: bool = True) -> ParityResult:
     """Run the artifact on ``samples`` and compare with ``reference`` (PyTorch on the same samples)."""
     actual = [runner.run(to_numpy(s)) for s in samples]
-    return compare(reference, actual, tol)
+    return compare(reference, actual, tol, class_scores=class_scores)
 
 
 def runner_accuracy(runner: Runner, spec: ModelSpec) -> float | None:

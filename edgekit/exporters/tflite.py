@@ -1,4 +1,12 @@
-"""LiteRT ``.tflite`` through litert-torch; int8 through its PT2EQuantizer (full-integer, int8 inputs)."""
+"""LiteRT ``.tflite`` through litert-torch.
+
+int8 for CNNs: its PT2EQuantizer (full-integer, int8 inputs). Transformers (and int4): LiteRT's own
+dynamic-range path, litert-torch's quantization recipes run by the AI Edge Quantizer: int8 per-channel (or
+int4 blockwise) weights for fully-connected layers and embedding tables, activations quantized at run time.
+That recipe applies one scheme to every weight: it cannot keep named layers fp32 or int8, so mixed
+precision is refused here rather than ignored, and int4 embedding tables are 4-bit (``embedding_bits``
+does not apply).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +19,7 @@ from edgekit.compression.quantize import (
     keep_layers_fp32,
     quantize_pt2e,
     quantizer_for,
+    weight_path,
 )
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
@@ -33,7 +42,10 @@ class TfliteExporter(Exporter):
         import litert_torch
 
         path = dest / f"model{target.extension}"
-        if precision == "int8":
+        if weight_path(cm, precision):
+            edge = litert_torch.convert(cm.spec.module, cm.spec.example_inputs,
+                                        quant_config=self._recipe(cm, precision, target))
+        elif precision == "int8":
             from litert_torch.quantize.quant_config import QuantConfig
 
             check_scheme(cm, target.name)
@@ -52,3 +64,21 @@ class TfliteExporter(Exporter):
             edge = litert_torch.convert(cm.spec.module, cm.spec.example_inputs)
         edge.export(str(path))
         return path
+
+    @staticmethod
+    def _recipe(cm: CompressedModel, precision: str, target: Target) -> object:
+        from litert_torch.generative.quantize import quant_attrs, quant_recipes
+
+        if cm.fp32_layers or cm.int8_layers:
+            kept = ", ".join([*cm.fp32_layers, *cm.int8_layers])
+            raise ExportError(target.name, f"LiteRT's dynamic-range recipe quantizes every weight alike and cannot "
+                                           f"keep layers ({kept}) at higher precision; the executorch and onnx "
+                                           "artifacts honour mixed precision")
+        if cm.profile.quantization.layers.embedding == "fp32":
+            raise ExportError(target.name, "LiteRT's dynamic-range recipe quantizes embedding tables too; "
+                                           "profile asks quantization.layers.embedding: fp32")
+        if precision == "int8":
+            return quant_recipes.full_dynamic_recipe(weight_dtype=quant_attrs.Dtype.INT8,
+                                                     granularity=quant_attrs.Granularity.CHANNELWISE)
+        blocks = getattr(quant_attrs.Granularity, f"BLOCKWISE_{cm.profile.quantization.int4.group_size}")
+        return quant_recipes.full_dynamic_recipe(weight_dtype=quant_attrs.Dtype.INT4, granularity=blocks)

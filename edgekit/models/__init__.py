@@ -12,9 +12,10 @@ from typing import Callable, Sequence
 import torch
 
 from edgekit.errors import ModelError, UnknownNameError
-from edgekit.models._spec import EvalSet, Inputs, ModelSpec, TrainSet, as_inputs
+from edgekit.models._spec import EvalSet, Inputs, ModelSpec, TrainSet, as_inputs, model_family
 
-__all__ = ["BUILTIN", "EvalSet", "Inputs", "ModelSpec", "TrainSet", "as_inputs", "load_model", "parse_shapes"]
+__all__ = ["BUILTIN", "EvalSet", "Inputs", "ModelSpec", "TrainSet", "as_inputs", "load_model", "model_family",
+           "parse_shapes"]
 
 
 def _digits() -> ModelSpec:
@@ -35,8 +36,21 @@ def _mobilenet() -> ModelSpec:
     return mobilenet.build()
 
 
+def _minilm() -> ModelSpec:
+    from edgekit.models import hf
+
+    return hf.minilm()
+
+
+def _gpt2_tiny() -> ModelSpec:
+    from edgekit.models import hf
+
+    return hf.gpt2_tiny()
+
+
 BUILTIN: dict[str, Callable[[], ModelSpec]] = {
     "digits-cnn": _digits, "digits-cnn-wide": _digits_wide, "mobilenet-v2": _mobilenet,
+    "minilm-l6": _minilm, "gpt2-tiny": _gpt2_tiny,
 }
 
 

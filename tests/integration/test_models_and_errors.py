@@ -96,7 +96,7 @@ def test_model_whose_forward_fails_is_refused() -> None:
 
 
 def test_unknown_names_list_the_valid_ones() -> None:
-    with pytest.raises(UnknownNameError, match="valid: digits-cnn, digits-cnn-wide, mobilenet-v2"):
+    with pytest.raises(UnknownNameError, match="valid: digits-cnn, digits-cnn-wide, gpt2-tiny, minilm-l6, mobilenet-v2"):
         edgekit.compress("resnet-50")
     with pytest.raises(UnknownNameError, match="valid: executorch, onnx, tflite"):
         edgekit.export(edgekit.compress(small_cnn(), "x86", [torch.randn(1, 3, 8, 8)] * 32,

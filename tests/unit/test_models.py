@@ -33,7 +33,7 @@ def test_bad_shapes_say_what_is_expected(text: str) -> None:
 
 
 def test_unknown_model_names_the_forms_accepted() -> None:
-    with pytest.raises(UnknownNameError, match=r"digits-cnn, digits-cnn-wide, mobilenet-v2.*\.pt2.*package\.module:function"):
+    with pytest.raises(UnknownNameError, match=r"digits-cnn, digits-cnn-wide, gpt2-tiny, minilm-l6, mobilenet-v2.*\.pt2.*package\.module:function"):
         load_model("resnet")
 
 
