@@ -12,8 +12,8 @@ from edgekit.cli._main import _stderr, _stdout, cli, emit_rows
 
 STEP_COLUMNS = [
     ("step", "#"), ("label", "step"), ("status", "status"), ("params", "params"), ("nonzero_params", "non-zero"),
-    ("macs", "MACs"), ("accuracy", "acc %"), ("accuracy_drop_pts", "drop pts"), ("evaluated_as", "scored as"),
-    ("seconds", "s"),
+    ("macs", "MACs"), ("accuracy", "acc %"), ("accuracy_drop_pts", "drop pts"), ("cosine", "cosine"),
+    ("evaluated_as", "scored as"), ("seconds", "s"),
 ]
 MEASURED_COLUMNS = [
     ("step", "#"), ("label", "step"), ("target", "target"), ("precision", "prec"), ("params", "params"),
@@ -90,6 +90,8 @@ def _step_fmt(col: str, v: Any, fmt: Any) -> str:
         return f"{int(v):,}"
     if col == "accuracy_drop_pts" and v is not None and v == v:
         return f"{v:+.2f}"
+    if col == "cosine" and v is not None and v == v:  # fidelity vs the fp32 model: 4 places, as parity prints it
+        return f"{v:.4f}"
     return fmt(col, v)
 
 

@@ -89,9 +89,19 @@ def optimize_fp32(src: Path, dst: Path) -> list[str]:
         try:
             _fuse_onnxscript(src, fused)
             _fold_offline(fused, dst)
+            _loads(dst)  # a fused graph can pass BASIC folding and still fail the full optimizer (GPT-2's Gemm)
         except Exception as exc:
             raise ExportError(_TARGET, f"fp32 graph optimization failed: {exc}") from exc
     return _op_counts(dst)
+
+
+def _loads(path: Path) -> None:
+    """Raise unless a default CPU session (all graph optimizations, as on the device) loads ``path``."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 def quantize_gathers(src: Path, dst: Path, exclude: Sequence[str] = ()) -> None:
