@@ -127,12 +127,7 @@ def layer_sensitivity(
         if with_accuracy:
             row.update(_accuracy(gm, cm))
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if metric == "accuracy":
-        df = df.sort_values(["accuracy_drop_pts", "sqnr_db"], ascending=[False, True], kind="stable")
-    else:
-        df = df.sort_values("sqnr_db", kind="stable")
-    df = df.reset_index(drop=True)
+    df = _ranked(pd.DataFrame(rows), metric)
     if layers is None:  # the whole-model figures, for context: one more calibration
         gm, _ = _quantize_all_but(cm, captured, [])
         df.attrs["all_int8_sqnr_db"] = sqnr_db(reference, _run(gm, cm.parity_inputs()))
@@ -195,6 +190,17 @@ def _choose(cm: CompressedModel, n: int | None, layers: Sequence[str] | None, se
     return names, "most sensitive: " + ", ".join(_describe(r) for r in table.head(n).to_dict("records"))
 
 
+def _ranked(df: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Most sensitive first: by accuracy drop (SQNR breaking ties) for ``metric="accuracy"``, else by SQNR."""
+    if df.empty:
+        return df
+    if metric == "accuracy":
+        df = df.sort_values(["accuracy_drop_pts", "sqnr_db"], ascending=[False, True], kind="stable")
+    else:
+        df = df.sort_values("sqnr_db", kind="stable")
+    return df.reset_index(drop=True)
+
+
 def _weight_sensitivity(cm: CompressedModel, precision: str, chosen: list[str], reference: list[list[np.ndarray]],
                         metric: str, *, all_layers: bool) -> pd.DataFrame:
     """``layer_sensitivity`` for the weight-quantization route: one Linear quantized at a time, eagerly."""
@@ -210,21 +216,17 @@ def _weight_sensitivity(cm: CompressedModel, precision: str, chosen: list[str], 
         if not mine:
             continue  # a convolution: this route leaves it fp32, so it has no sensitivity here
         layer = module.get_submodule(name)
-        outputs = _run(weight_quantized(module, precision, scheme, only=[name], embeddings=False), inputs)
+        probe = weight_quantized(module, precision, scheme, only=[name], embeddings=False)
+        outputs = _run(probe, inputs)
         bits = 4 if precision == "int4" and all(int4_ok(module.get_submodule(k), scheme.int4.group_size)
                                                  for k in mine) else 8
         row: dict[str, Any] = {"layer": name, "op": type(layer).__name__,
                                "params": sum(p.numel() for p in layer.parameters()), "weight_bits": bits,
                                "sqnr_db": sqnr_db(reference, outputs), "cosine": worst_cosine(reference, outputs)}
         if metric in ("accuracy", "both"):
-            row.update(_accuracy(weight_quantized(module, precision, scheme, only=[name], embeddings=False), cm))
+            row.update(_accuracy(probe, cm))
         rows.append(row)
-    df = pd.DataFrame(rows)
-    if metric == "accuracy":
-        df = df.sort_values(["accuracy_drop_pts", "sqnr_db"], ascending=[False, True], kind="stable")
-    elif not df.empty:
-        df = df.sort_values("sqnr_db", kind="stable")
-    df = df.reset_index(drop=True)
+    df = _ranked(pd.DataFrame(rows), metric)
     if all_layers:
         whole = _run(weight_quantized(module, precision, scheme), inputs)
         df.attrs[f"all_{precision}_sqnr_db"] = sqnr_db(reference, whole)
