@@ -8,6 +8,7 @@ from edgekit._api import (
     bench,
     benchmark,
     benchmark_steps,
+    build_cache,
     compare_runs,
     compress,
     deploy,
@@ -16,6 +17,8 @@ from edgekit._api import (
     load_run,
     op_table,
     save_model,
+    search,
+    search_artifact,
 )
 from edgekit._version import __version__ as __version__
 from edgekit.config import (
@@ -43,14 +46,19 @@ from edgekit.config import (
     load_target,
 )
 from edgekit.config.bench import BenchConfig, BenchRequest, FleetConfig
+from edgekit.config.search import SearchSpace
 from edgekit.device.check import DeviceCheck, check_device
 from edgekit.errors import EdgekitError
+from edgekit.exporters.base import BuildProgress
+from edgekit.exporters.cache import BuildCache
 
 __all__ = [
     "Backoff",
     "BenchConfig",
     "BenchRequest",
     "Budget",
+    "BuildCache",
+    "BuildProgress",
     "DeviceCheck",
     "Distill",
     "EdgekitError",
@@ -62,12 +70,14 @@ __all__ = [
     "Prune",
     "Qat",
     "Recipe",
+    "SearchSpace",
     "SshDevice",
     "Target",
     "TrainSpec",
     "bench",
     "benchmark",
     "benchmark_steps",
+    "build_cache",
     "check_device",
     "compare_runs",
     "compress",
@@ -87,4 +97,6 @@ __all__ = [
     "load_target",
     "op_table",
     "save_model",
+    "search",
+    "search_artifact",
 ]

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from edgekit.compression import CompressedModel
     from edgekit.config.recipe import Recipe
     from edgekit.config.target import Target
-    from edgekit.exporters import Artifact
+    from edgekit.exporters import Artifact, BuildCache, BuildProgress
     from edgekit.fleet import FleetResult
+    from edgekit.study import SearchResult
 
 
 def compress(
@@ -53,15 +54,26 @@ def export(
     precisions: Sequence[str] | None = None,
     check: bool = True,
     jobs: int | None = None,
+    cache: "bool | BuildCache" = True,
     on_event: Callable[[str], None] | None = None,
+    on_progress: "Callable[[BuildProgress], None] | None" = None,
 ) -> "list[Artifact]":
     """Export to each target x precision and check parity in each artifact's runtime.
 
-    ``jobs`` processes export at once (default: one per core).
+    ``jobs`` processes export at once (default: one per core). ``cache``: re-use artifacts built before from
+    the same inputs (False: rebuild, store nothing); ``on_progress``: each artifact's build stage.
     """
     from edgekit.exporters import export as _export
 
-    return _export(compressed, targets, out_dir, precisions=precisions, check=check, jobs=jobs, on_event=on_event)
+    return _export(compressed, targets, out_dir, precisions=precisions, check=check, jobs=jobs, cache=cache,
+                   on_event=on_event, on_progress=on_progress)
+
+
+def build_cache(root: str | Path | None = None) -> "BuildCache":
+    """The build cache (``$EDGEKIT_CACHE``/builds unless ``root``): ``entries()``, ``size()``, ``clear()``."""
+    from edgekit.exporters.cache import BuildCache
+
+    return BuildCache(root)
 
 
 def benchmark(
@@ -87,6 +99,7 @@ def benchmark_steps(
     out_dir: str | Path = "artifacts",
     config: "BenchConfig | None" = None,
     devices_file: str | Path | None = None,
+    cache: bool = True,
     on_event: Callable[[str], None] | None = None,
 ) -> "pd.DataFrame":
     """Export the model after each recipe step to one target and measure all of them on ``device``.
@@ -109,7 +122,7 @@ def benchmark_steps(
     for record, variant in variants:
         if on_event:
             on_event(f"exporting step {record.step} ({record.label}) to {tgt} {prec}")
-        artifacts += export(variant, [tgt], out_dir, precisions=[prec], jobs=1)
+        artifacts += export(variant, [tgt], out_dir, precisions=[prec], jobs=1, cache=cache)
     df = benchmark(artifacts, dev, config, on_event=on_event)
     return _join_steps(df, variants)
 
@@ -176,10 +189,12 @@ def deploy(
     train_data: Any = None,
     out_dir: str | Path = "artifacts",
     jobs: int | None = None,
+    cache: bool = True,
     config: "BenchConfig | None" = None,
     devices_file: str | Path | None = None,
     trust_new_host: bool = False,
     on_event: Callable[[str], None] | None = None,
+    on_progress: "Callable[[BuildProgress], None] | None" = None,
 ) -> "pd.DataFrame":
     """Compress for the device's profile (by ``recipe`` if given), export its targets, check parity, push,
     benchmark on the device."""
@@ -192,7 +207,8 @@ def deploy(
         on_event(f"compressing {model if isinstance(model, (str, Path)) else type(model).__name__} for {prof.name}")
     cm = compress(model, prof, calibration, example_inputs=example_inputs, input_shape=input_shape,
                   allow_pickle=allow_pickle, recipe=recipe, train_data=train_data, on_event=on_event)
-    artifacts = export(cm, targets, out_dir, precisions=precisions, jobs=jobs, on_event=on_event)
+    artifacts = export(cm, targets, out_dir, precisions=precisions, jobs=jobs, cache=cache, on_event=on_event,
+                       on_progress=on_progress)
     return benchmark(artifacts, dev, config, on_event=on_event)
 
 
@@ -216,6 +232,7 @@ def bench(
     resume: str | None = None,
     trust_new_host: bool = False,
     mlflow: str | None = None,
+    cache: bool = True,
     request: "BenchRequest | None" = None,
     on_progress: Callable[[str | None, str, str], None] | None = None,
 ) -> "FleetResult":
@@ -235,7 +252,8 @@ def bench(
     given = BenchRequest(model=model, devices=devices, tags=tags, all_devices=all_devices, profile=profile,
                          targets=targets, precisions=precisions, calibration=calibration, input_shape=input_shape,
                          allow_pickle=allow_pickle, recipe=recipe, config=config, fleet=fleet,
-                         devices_file=devices_file, results=results, trust_new_host=trust_new_host, mlflow=mlflow)
+                         devices_file=devices_file, results=results, trust_new_host=trust_new_host, mlflow=mlflow,
+                         cache=cache)
     if request is not None:
         if given != BenchRequest():
             from edgekit.errors import ConfigError
@@ -243,6 +261,52 @@ def bench(
             raise ConfigError("give the run's settings either as keywords or as request=, not both", field="request")
         given = request
     return _bench(given, resume=resume, on_progress=on_progress)
+
+
+def search(
+    model: Any = None,
+    device: str | LocalDevice | SshDevice = "local",
+    *,
+    objectives: Sequence[str] = ("latency_p50", "accuracy"),
+    constraints: Sequence[str] = (),
+    trials: int | None = None,
+    seed: int = 0,
+    space: Any = None,
+    profile: str | Path | Profile | None = None,
+    train_data: Any = None,
+    config: "BenchConfig | None" = None,
+    device_budget: int | None = None,
+    confirm: bool = True,
+    results: str | Path | None = None,
+    resume: str | None = None,
+    devices_file: str | Path | None = None,
+    confirm_on: Sequence[str] = (),
+    mlflow: str | None = None,
+    on_progress: Callable[[str], None] | None = None,
+) -> "SearchResult":
+    """The Pareto front of ``model``'s builds (targets x precisions x channel pruning x threads) for
+    ``objectives``, measured on ``device``, and the member to ship under ``constraints``.
+
+    Objectives: ``latency_p50``, ``latency_p90``, ``accuracy``, ``fidelity``, ``size``, ``memory``, ``energy``
+    (``name:min|max`` overrides the direction). Constraints: ``accuracy_drop<=1``, ``p50_ms<=5``,
+    ``size_mb<=2``, ``cosine>=0.99``... ``space``: a :class:`edgekit.SearchSpace`, a dict or a YAML file.
+    ``trials``: distinct combinations judged (default 20; on resume, the run's unless raised here).
+    ``resume=RUN_ID`` continues a search without repeating a finished trial. See :mod:`edgekit.study`.
+    """
+    from edgekit.study import search as _search
+
+    return _search(model, device, objectives=objectives, constraints=constraints, trials=trials, seed=seed,
+                   space=space, profile=profile, train_data=train_data, config=config, device_budget=device_budget,
+                   confirm=confirm, results=results, resume=resume, devices_file=devices_file,
+                   confirm_on=confirm_on, mlflow=mlflow, on_progress=on_progress)
+
+
+def search_artifact(run_id: str, pick: int | None = None, results: str | Path | None = None) -> "Artifact":
+    """A finished search's pick (or front member ``pick``, by trial number), ready for :func:`benchmark`
+    on any device: ``edgekit deploy --from-search RUN``."""
+    from edgekit.study import front_artifact
+
+    return front_artifact(run_id, pick, results)
 
 
 def load_run(run_id: str, results: str | Path | None = None) -> "pd.DataFrame":

@@ -29,12 +29,28 @@ import secrets
 from pathlib import Path
 from typing import Iterator
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "cache_dir"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "build_cache_dir", "cache_dir", "sha256_file"]
 
 
 def cache_dir() -> Path:
     """``$EDGEKIT_CACHE``, else ``~/.cache/edgekit``: trained built-in models, the agent bundle."""
     return Path(os.environ.get("EDGEKIT_CACHE", Path.home() / ".cache" / "edgekit"))
+
+
+def build_cache_dir() -> Path:
+    """``$EDGEKIT_BUILD_CACHE``, else ``cache_dir()/builds``: built artifacts and what they were judged by."""
+    return Path(os.environ.get("EDGEKIT_BUILD_CACHE") or cache_dir() / "builds")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read now (no memo: the build cache checks what is on disk)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _temp_name(path: Path) -> Path:

@@ -17,7 +17,6 @@ How a run goes:
 
 from __future__ import annotations
 
-import hashlib
 import threading
 import time
 from concurrent.futures import Future
@@ -32,12 +31,13 @@ from edgekit.config.bench import BenchRequest
 from edgekit.config.device import LOCAL, LocalDevice, SshDevice, device_profile, load_devices, with_trust
 from edgekit.config.profile import Profile
 from edgekit.device.measure import measure_on
+from edgekit._digest import state_sha256
 from edgekit.errors import AgentError, ConfigError, DeviceError, EdgekitError, UnknownNameError
 from edgekit.results.rows import RowKey, row_key
 from edgekit.results.store import Run, artifact_from_record, artifact_record, now_iso
 
 if TYPE_CHECKING:
-    from edgekit.exporters.base import Artifact
+    from edgekit.exporters.base import Artifact, BuildProgress
     from edgekit.transport import Transport
 
 ProgressFn = Callable[[str | None, str, str], None]  # (device or None for the host, stage, detail)
@@ -220,18 +220,6 @@ def _file_sha(path: str | None) -> str | None:
     return file_sha256(Path(path))
 
 
-def _state_sha256(module: Any) -> str:
-    """What the exported weights were: a hash over the state dict (names, dtypes, shapes, bytes)."""
-    import torch
-
-    h = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())  # numpy has no bfloat16
-    return h.hexdigest()
-
-
 def _start_exports(ctx: _Context, profiles: dict[str, tuple[Profile, Any]], *,
                    reuse: bool) -> dict[str, "Future[list[Artifact]]"]:
     """A future per profile; one thread exports the profiles in turn (each export uses every core)."""
@@ -268,9 +256,12 @@ def _export_profile(ctx: _Context, prof: Profile) -> list[Artifact]:
     req = ctx.request
     cm = compress(req.model, prof, req.calibration, input_shape=req.input_shape, allow_pickle=req.allow_pickle,
                   recipe=req.recipe, on_event=event)
+    def built(p: BuildProgress) -> None:  # a line per artifact, its stage as it moves
+        ctx.progress(None, f"build {prof.name} {p.target} {p.precision}", p.stage + (f" {p.detail}" if p.detail else ""))
+
     arts = export(cm, req.targets, ctx.run.root / "artifacts" / prof.name, precisions=req.precisions,
-                  on_event=event)
-    ctx.run.append("artifacts", profile=prof.name, model_sha256=_state_sha256(cm.spec.module),
+                  cache=req.cache, on_event=event, on_progress=built)
+    ctx.run.append("artifacts", profile=prof.name, model_sha256=state_sha256(cm.spec.module),
                    seconds=round(time.perf_counter() - started, 3),
                    artifacts=[artifact_record(a) for a in arts], sha256=_artifact_hashes(arts))
     event(f"{sum(a.ok for a in arts)}/{len(arts)} artifacts ready")

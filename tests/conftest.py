@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -20,6 +21,10 @@ def pytest_configure(config: pytest.Config) -> None:
     # One cache for the whole run (the trained digits model, the agent bundle); tests must not touch ~/.cache.
     if "EDGEKIT_CACHE" not in os.environ:
         os.environ["EDGEKIT_CACHE"] = str(REPO / ".pytest-edgekit-cache")
+    # The build cache starts empty every run: each key's toolchains run (and are tested) once per session,
+    # and a later test building the same key re-uses it, as a user's second build would.
+    if "EDGEKIT_BUILD_CACHE" not in os.environ:
+        os.environ["EDGEKIT_BUILD_CACHE"] = tempfile.mkdtemp(prefix="edgekit-build-cache-")
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,7 @@ MEASURED_COLUMNS = [
 @opt.device_option
 @click.option("--target", help="--measure exports to this target (default: the profile's first).")
 @click.option("--precision", help="--measure precision (default: int8 when the profile has it).")
+@opt.no_cache_option
 @opt.min_seconds_option()
 @opt.out_dir_option
 @opt.out_option
@@ -44,7 +45,8 @@ MEASURED_COLUMNS = [
 @opt.json_option
 def compress(model: str, recipe_file: str, profile: str | None, calibration: str | None, train_data: str | None,
              input_shape: str | None, allow_pickle: bool, save_path: str | None, measure: bool, device: str,
-             target: str | None, precision: str | None, min_seconds: float, out_dir: str, out_file: str | None,
+             target: str | None, precision: str | None, no_cache: bool, min_seconds: float, out_dir: str,
+             out_file: str | None,
              devices_file: str | None, as_json: bool) -> None:
     """Compress MODEL by a recipe under its accuracy budget and report each step."""
     from edgekit import BenchConfig
@@ -58,7 +60,7 @@ def compress(model: str, recipe_file: str, profile: str | None, calibration: str
         if measure:
             df = edgekit.benchmark_steps(cm, device, target=target, precision=precision, out_dir=out_dir,
                                          config=BenchConfig(min_seconds=min_seconds), devices_file=devices_file,
-                                         on_event=lambda msg: status.update(msg))
+                                         cache=not no_cache, on_event=lambda msg: status.update(msg))
     if save_path:
         edgekit.save_model(cm, save_path)
     if emit_rows(df, out_file, as_json):

@@ -38,7 +38,7 @@ from edgekit.cli._main import _json_rows, _print_rows, _print_table, _stderr, _s
 @opt.out_option
 @opt.json_option
 def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], all_devices: bool,
-          profile: str | None, targets: str | None, precisions: str | None, calibration: str | None,
+          profile: str | None, targets: str | None, precisions: str | None, no_cache: bool, calibration: str | None,
           input_shape: str | None, allow_pickle: bool, recipe_file: str | None, parallel: int,
           device_timeout: float, retries: int, results_dir: str | None, resume_id: str | None,
           devices_file: str | None, trust_new_host: bool, mlflow_uri: str | None, report_file: str | None,
@@ -57,7 +57,8 @@ def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], al
         targets=opt.csv(targets), precisions=opt.csv(precisions), calibration=calibration, input_shape=input_shape,
         allow_pickle=allow_pickle, recipe=recipe_file, config=opt.bench_config(**measure),
         fleet=FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries),
-        devices_file=devices_file, results=results_dir, trust_new_host=trust_new_host, mlflow=mlflow_uri)
+        devices_file=devices_file, results=results_dir, trust_new_host=trust_new_host, mlflow=mlflow_uri,
+        cache=not no_cache)
     progress = _Progress()
     _sigterm_interrupts()
     try:
@@ -272,7 +273,8 @@ def report(run_id: str, output: str, png_dir: str | None, results_dir: str | Non
 
 
 def _write_report(df: Any, run_dir: Path, output: Path, png_dir: str | None = None) -> Any:
-    from edgekit.results.report import write_report
+    from edgekit.results.report import search_data, write_report
     from edgekit.results.store import Run
 
-    return write_report(df, Run(run_dir).meta, output, png_dir=Path(png_dir) if png_dir else None)
+    return write_report(df, Run(run_dir).meta, output, png_dir=Path(png_dir) if png_dir else None,
+                        search=search_data(run_dir))

@@ -79,27 +79,48 @@ def cli(profiles_dir: str | None, targets_dir: str | None) -> None:
 
 @cli.command()
 @opt.device_option
-@opt.model_option()
+@opt.model_option(required=False)
 @opt.build_and_measure_options
 @opt.out_dir_option
 @click.option("--jobs", type=click.IntRange(min=1), help="Export processes at once (default: one per core).")
+@click.option("--from-search", "from_search", help="Ship search RUN's pick (built and checked by the search) "
+                                                   "instead of building from --model.")
+@click.option("--pick", "pick_trial", type=int, help="With --from-search: the front member of this trial number.")
+@opt.results_option
 @opt.out_option
 @opt.devices_file_option
 @opt.trust_option
 @opt.json_option
-def deploy(device: str, model: str, profile: str | None, targets: str | None, precisions: str | None,
-           calibration: str | None, input_shape: str | None, allow_pickle: bool, recipe_file: str | None,
-           out_dir: str, jobs: int | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
+def deploy(device: str, model: str | None, profile: str | None, targets: str | None, precisions: str | None,
+           no_cache: bool, calibration: str | None, input_shape: str | None, allow_pickle: bool,
+           recipe_file: str | None, out_dir: str, jobs: int | None, from_search: str | None, pick_trial: int | None,
+           results_dir: str | None, out_file: str | None, devices_file: str | None, trust_new_host: bool,
            as_json: bool, **measure: Any) -> None:
-    """Compress MODEL for a device's profile, export its targets, check parity and benchmark them."""
+    """Compress MODEL for a device's profile, export its targets, check parity and benchmark them (or, with
+    --from-search RUN, push and benchmark that search's pick)."""
+    from edgekit.cli._build import BuildBars
+
     console = _stderr()
     config = opt.bench_config(**measure)
-    with console.status("starting") as status:
+    if from_search:
+        if model:
+            raise click.UsageError("give --model or --from-search, not both")
+        art = edgekit.search_artifact(from_search, pick_trial, results_dir)
+        with console.status("measuring the search's pick") as status:
+            df = edgekit.benchmark([art], device, config, devices_file=devices_file,
+                                   on_event=lambda msg: status.update(escape(msg)))
+        if not emit_rows(df, out_file, as_json):
+            _print_table(df)
+        return
+    if not model:
+        raise click.UsageError("give --model (or --from-search RUN)")
+    with BuildBars(console) as bars:
         df = edgekit.deploy(
             model, device, profile=profile, targets=opt.csv(targets), precisions=opt.csv(precisions),
             calibration=calibration, input_shape=input_shape, allow_pickle=allow_pickle,
-            recipe=recipe_file, out_dir=out_dir, jobs=jobs, config=config, devices_file=devices_file,
-            trust_new_host=trust_new_host, on_event=lambda msg: status.update(msg),
+            recipe=recipe_file, out_dir=out_dir, jobs=jobs, cache=not no_cache, config=config,
+            devices_file=devices_file, trust_new_host=trust_new_host, on_event=bars.status,
+            on_progress=bars.update,
         )
     if emit_rows(df, out_file, as_json):
         return

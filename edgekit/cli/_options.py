@@ -59,7 +59,9 @@ targets_option = click.option(
     "--targets", help="Comma-separated export targets (default: the profile's; see `edgekit targets`).")
 precisions_option = click.option(
     "--precisions", help="Comma-separated precisions, e.g. fp32,int8 (default: the profile's).")
-export_options = _stack(targets_option, precisions_option)
+no_cache_option = click.option(
+    "--no-cache", is_flag=True, help="Rebuild every artifact: ignore the build cache and store nothing in it.")
+export_options = _stack(targets_option, precisions_option, no_cache_option)
 out_dir_option = click.option(
     "--out-dir", default="artifacts", show_default=True, type=click.Path(file_okay=False),
     help="Folder the artifacts are written to.")

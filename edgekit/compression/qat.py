@@ -83,6 +83,9 @@ def qat_quantize(
     from torchao.quantization.pt2e import allow_exported_model_train_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
+    from edgekit.compression._patterns import install
+
+    install()  # the conv+BatchNorm pattern graphs: traced once, not 24 times per quantizer (9.5 s)
     first = next(iter(batches(data, settings, 0)), None)
     if first is None:
         raise CompressError("qat: the training data yielded no batch")

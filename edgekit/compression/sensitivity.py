@@ -28,7 +28,6 @@ from edgekit.compression.quantize import (
     int4_ok,
     keep_layers_fp32,
     linearized,
-    ptq_patterns_only,
     quantizable_linear,
     quantized_layers,
     quantizer_for,
@@ -265,7 +264,7 @@ def _quantize_all_but(
     conv->relu pattern whose relu is a sibling module (``nn.Sequential(conv, bn, relu)``), so the conv
     silently stays fp32. Excluding every other layer quantizes the conv together with its relu.
     """
-    quantizer = keep_layers_fp32(ptq_patterns_only(quantizer_for("xnnpack", cm.profile.quantization)), fp32)
+    quantizer = keep_layers_fp32(quantizer_for("xnnpack", cm.profile.quantization), fp32)
     gm = calibrate(copy.deepcopy(captured), quantizer, calibration_samples(cm))
     return gm, quantized_layers(gm)
 

@@ -133,6 +133,7 @@ class BenchRequest:
     results: str | Path | None = None  # the results folder (default ``./edgekit-results``)
     trust_new_host: bool = False
     mlflow: str | None = None  # a tracking URI to log the run to
+    cache: bool = True  # re-use artifacts from the build cache (False: rebuild, store nothing)
 
     def __post_init__(self) -> None:
         for name in ("devices", "tags", "targets", "precisions"):

@@ -15,25 +15,49 @@ import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
-from edgekit.exporters.base import Artifact, find_op, get_exporter
+from edgekit.exporters.base import _STAGE, Artifact, BuildProgress, find_op, get_exporter
 
 if TYPE_CHECKING:
     from edgekit.compression.model import CompressedModel
 
 
-def export_one(cm: CompressedModel, target: Target, precision: str, out_dir: Path, *, check: bool = True) -> Artifact:
+ProgressFn = Callable[[BuildProgress], None]
+
+
+def artifact_dir(cm: CompressedModel, target: Target, precision: str, out_dir: Path) -> Path:
+    return out_dir / _safe(cm.name) / _safe(cm.profile.name) / f"{_safe(target.name)}-{precision}"
+
+
+def export_one(cm: CompressedModel, target: Target, precision: str, out_dir: Path, *, check: bool = True,
+               on_progress: ProgressFn | None = None) -> Artifact:
+    def stage(name: str, detail: str = "") -> None:
+        if on_progress is not None:
+            on_progress(BuildProgress(target.name, precision, name, detail))
+
+    token = _STAGE.set(stage)
+    try:
+        art = _export_one(cm, target, precision, out_dir, check, stage)
+    finally:
+        _STAGE.reset(token)
+    stage("failed" if art.error else "done", art.error or "")
+    return art
+
+
+def _export_one(cm: CompressedModel, target: Target, precision: str, out_dir: Path, check: bool,
+                stage: Callable[[str], None]) -> Artifact:
     art = new_artifact(cm, target, precision)
-    final = out_dir / _safe(cm.name) / _safe(cm.profile.name) / f"{_safe(target.name)}-{precision}"
+    final = artifact_dir(cm, target, precision, out_dir)
     final.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     log = final.parent / f"{final.name}.export.log"
     log.unlink(missing_ok=True)
     try:
+        stage("export")
         with captured_output(log):
             main = get_exporter(target.format).export(cm, precision, target, tmp)
         if not main.is_file():
@@ -53,6 +77,7 @@ def export_one(cm: CompressedModel, target: Target, precision: str, out_dir: Pat
     art.files = sorted(p for p in final.iterdir() if p.is_file())
     art.bytes = sum(p.stat().st_size for p in art.files)
     if check:
+        stage("check")
         start = time.perf_counter()
         with captured_output(log):
             _check(art, cm, target)

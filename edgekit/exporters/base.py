@@ -10,9 +10,10 @@ from __future__ import annotations
 import importlib
 import re
 from abc import ABC, abstractmethod
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from edgekit.errors import UnknownNameError
 
@@ -58,12 +59,35 @@ class Artifact:
     reference_accuracy: float | None = None
     export_seconds: float | None = None
     check_seconds: float | None = None
+    cache_hit: bool = False  # re-used from the build cache: no toolchain ran, the figures are that build's
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         """Exported and within its parity tolerance: fit to ship."""
         return self.error is None and self.parity is not None and self.parity.ok
+
+
+@dataclass(frozen=True)
+class BuildProgress:
+    """Where one artifact's build is: export (capture the graph), quantize, lower (the toolchain writes the
+    file), check (parity and accuracy in its runtime), then done, failed, or cached (a build-cache hit)."""
+
+    target: str
+    precision: str
+    stage: str
+    detail: str = ""
+
+
+BUILD_STAGES = ("export", "quantize", "lower", "check")
+_STAGE: ContextVar[Callable[[str], None] | None] = ContextVar("edgekit_build_stage", default=None)
+
+
+def report_stage(stage: str) -> None:
+    """Called by an exporter as it moves on (``quantize``, ``lower``); shown on the build's progress line."""
+    callback = _STAGE.get()
+    if callback is not None:
+        callback(stage)
 
 
 class Exporter(ABC):

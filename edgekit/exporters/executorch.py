@@ -23,7 +23,7 @@ from edgekit.compression.quantize import (
     weight_quantized,
 )
 from edgekit.config.target import Target
-from edgekit.exporters.base import Exporter
+from edgekit.exporters.base import Exporter, report_stage
 
 
 class ExecutorchExporter(Exporter):
@@ -37,12 +37,14 @@ class ExecutorchExporter(Exporter):
         if weight_path(cm, precision):
             import executorch.kernels.quantized  # noqa: F401  (registers the quantized embedding's out variant)
 
+            report_stage("quantize")
             module = weight_quantized(cm.spec.module, precision, cm.profile.quantization,
                                       fp32_layers=cm.fp32_layers, int8_layers=cm.int8_layers)
             program = torch.export.export(module, cm.spec.example_inputs)
             config = ExecutorchBackendConfig(do_quant_fusion_and_const_prop=True)
         elif precision == "int8":
             check_scheme(cm, target.name)
+            report_stage("quantize")
             # cm.fp32_layers (mixed precision) stay fp32: XNNPACK then runs them as fp32 kernels.
             quantizer = quantizer_for("xnnpack", cm.profile.quantization, qat=cm.qat is not None,
                                       fp32_layers=cm.fp32_layers)
@@ -51,6 +53,7 @@ class ExecutorchExporter(Exporter):
             program = torch.export.export(gm, cm.spec.example_inputs)
         else:
             program = capture(cm)
+        report_stage("lower")
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         path = dest / f"model{target.extension}"
         path.write_bytes(lowered.to_executorch(config).buffer)

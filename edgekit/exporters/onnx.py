@@ -21,7 +21,7 @@ from edgekit.compression.model import CompressedModel
 from edgekit.compression.quantize import check_scheme, quantize_pt2e, quantizer_for, weight_path
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
-from edgekit.exporters.base import Exporter
+from edgekit.exporters.base import Exporter, report_stage
 from edgekit.models import model_family
 
 
@@ -51,6 +51,7 @@ class OnnxExporter(Exporter):
             fp32.parent.mkdir()
             # Inline weights: onnxruntime's pre-processing cannot follow external data (< 2 GB models).
             self._torch_export(cm.spec.module, cm.spec.example_inputs, fp32, target, external_data=False)
+            report_stage("quantize")
             self._quantize(cm, fp32, path, target.name)
             for f in fp32.parent.iterdir():
                 f.unlink()
@@ -81,6 +82,7 @@ class OnnxExporter(Exporter):
 
         q = cm.profile.quantization
         with self._plain(cm, path.parent, target) as plain:
+            report_stage("quantize")
             fp32 = onnx_nodes_of_layers(plain, cm.fp32_layers, target.name)
             if precision == "int8":
                 ot.quantize_int8(plain, path, per_channel=True, reduce_range=q.weight.reduce_range, exclude=fp32)
@@ -106,6 +108,7 @@ class OnnxExporter(Exporter):
         The quantizer is XNNPACK's (symmetric per-channel int8 weights, int8 activations; 7-bit weights where
         the profile asks for ``reduce_range``)."""
         check_scheme(cm, target.name)
+        report_stage("quantize")
         quantizer = quantizer_for("onnxruntime", cm.profile.quantization, qat=cm.qat is not None,
                                   fp32_layers=cm.fp32_layers)
         gm = quantize_pt2e(cm, quantizer)
@@ -114,6 +117,7 @@ class OnnxExporter(Exporter):
     @staticmethod
     def _torch_export(module: torch.nn.Module, inputs: tuple, path: Path, target: Target,
                       external_data: bool = True) -> None:
+        report_stage("lower")
         kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "external_data": external_data}
         if target.opset:
             kwargs["opset_version"] = target.opset

@@ -23,7 +23,7 @@ from edgekit.compression.quantize import (
 )
 from edgekit.config.target import Target
 from edgekit.errors import ExportError
-from edgekit.exporters.base import Exporter
+from edgekit.exporters.base import Exporter, report_stage
 
 
 # Checked with litert-torch 0.10.0 + torchao 0.18.0: its conv+BatchNorm QAT annotator hands torch.export a
@@ -43,12 +43,14 @@ class TfliteExporter(Exporter):
 
         path = dest / f"model{target.extension}"
         if weight_path(cm, precision):
+            report_stage("lower")  # the recipe quantizes inside the conversion
             edge = litert_torch.convert(cm.spec.module, cm.spec.example_inputs,
                                         quant_config=self._recipe(cm, precision, target))
         elif precision == "int8":
             from litert_torch.quantize.quant_config import QuantConfig
 
             check_scheme(cm, target.name)
+            report_stage("quantize")
             quantizer = quantizer_for("litert", cm.profile.quantization, qat=cm.qat is not None)
             # cm.fp32_layers stay fp32 (float ops between dequantize/quantize); QuantConfig only reads
             # the global config, so it gets the bare quantizer.
@@ -59,8 +61,10 @@ class TfliteExporter(Exporter):
                     raise ExportError(target.name, _QAT_UNSUPPORTED) from exc
                 raise
             check_fp32_layers(gm, cm.fp32_layers, target.name)
+            report_stage("lower")
             edge = litert_torch.convert(gm, cm.spec.example_inputs, quant_config=QuantConfig(pt2e_quantizer=quantizer))
         else:
+            report_stage("lower")
             edge = litert_torch.convert(cm.spec.module, cm.spec.example_inputs)
         edge.export(str(path))
         return path

@@ -7,6 +7,7 @@ unless ``MLFLOW_ALLOW_FILE_STORE=true`` is set, and the error says so.
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
@@ -66,16 +67,22 @@ def params(meta: dict[str, Any]) -> dict[str, Any]:
         out[f"profile.{name}.sha256"] = prof.get("sha256")
     for key, value in (req.get("config") or {}).items():
         out[f"bench.{key}"] = value
+    for key, value in (meta.get("search") or {}).items():  # a search run: its objectives, constraints, space
+        if key not in ("config", "model"):
+            out[f"search.{key}"] = json.dumps(value) if isinstance(value, dict) else value
     return {k: v for k, v in out.items() if v is not None}
 
 
 def metrics(df: pd.DataFrame) -> dict[str, float]:
-    """``<device>/<target>/<precision>/t<threads>/<column>`` -> value, for measured rows."""
+    """``<device>/<target>/<precision>/t<threads>/<column>`` -> value, for measured rows (prefixed by the
+    model when the rows hold several, as a search's variants do)."""
     out: dict[str, float] = {}
+    several = "model" in df.columns and df["model"].nunique() > 1
     for _, r in df.iterrows():
         if r.get("error") is not None or r.get("latency_ms_p50") is None or pd.isna(r.get("latency_ms_p50")):
             continue
-        prefix = "/".join(_name(str(x)) for x in (r["device"], r["target"], r["precision"], f"t{int(r['threads'])}"))
+        keys = (r["device"], r["target"], r["precision"], f"t{int(r['threads'])}")
+        prefix = "/".join(_name(str(x)) for x in ((r["model"], *keys) if several else keys))
         for col in METRIC_COLUMNS:
             value = r.get(col)
             if value is not None and not pd.isna(value):

@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["PLOT_NAMES", "Plot", "cell_text", "devices_in_order", "draw_plots", "energy_values", "numeric",
            "pareto_front", "truthy", "write_pngs"]
 
-PLOT_NAMES = ("latency_vs_accuracy", "latency_by_device", "memory", "energy")
+PLOT_NAMES = ("latency_vs_accuracy", "latency_by_device", "memory", "energy")  # and "search" for a search run
 
 # Hatch patterns for bars whose figure needs a caveat; the legend spells each one out.
 _MARKS = {
@@ -117,13 +117,73 @@ def devices_in_order(t: pd.DataFrame) -> list[str]:
 # ---- plots ---------------------------------------------------------------------------------------------
 
 
-def draw_plots(m: pd.DataFrame) -> dict[str, Plot]:
-    """The plots the measured rows ``m`` allow, by name. Matplotlib loads here, not on import."""
-    if m.empty:
-        return {}
-    colors = _key_colors(m)
-    drawn = [_latency_vs_accuracy(m), _latency_by_device(m, colors), _memory(m, colors), _energy(m, colors)]
+def draw_plots(m: pd.DataFrame, search: dict[str, Any] | None = None) -> dict[str, Plot]:
+    """The plots the measured rows ``m`` allow, by name (and a search run's trials and front, ``search``:
+    see ``report.search_data``). Matplotlib loads here, not on import."""
+    drawn = [_search(search)] if search else []
+    if not m.empty:
+        colors = _key_colors(m)
+        drawn += [_latency_vs_accuracy(m), _latency_by_device(m, colors), _memory(m, colors), _energy(m, colors)]
     return {p.name: p for p in drawn if p is not None}
+
+
+_AXIS = {"latency_ms_p50": "p50 latency on the device (ms)", "latency_ms_p90": "p90 latency on the device (ms)",
+         "accuracy": "top-1 accuracy (fraction)", "parity_cosine": "worst cosine vs PyTorch fp32",
+         "artifact_mb": "artifact size (MB)", "peak_rss_mb": "peak RSS (MiB)",
+         "energy_mj_per_inference": "energy per inference (mJ)"}
+
+
+def _search(s: dict[str, Any]) -> Plot | None:
+    """Every measured trial on the first two objectives, the confirmed front joined and ringed, the pick
+    starred; trials stopped on the host are counted in the caption (they have no device figure)."""
+    trials: pd.DataFrame = s["trials"]
+    objectives: list[tuple[str, str, str]] = s["objectives"]  # (name, column, min|max)
+    if trials.empty or not objectives:
+        return None
+    measured = trials[trials["status"].isin(["measured", "reused"])].copy()
+    (xname, xcol, _), (yname, ycol, ydir) = objectives[0], (objectives[1] if len(objectives) > 1
+                                                             else ("trial", "trial", "min"))
+    measured["_x"], measured["_y"] = numeric(measured, xcol), numeric(measured, ycol)
+    pts = measured[measured["_x"].notna() & measured["_y"].notna()]
+    if pts.empty:
+        return None
+    front: pd.DataFrame = s["front"]
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.scatter(pts["_x"], pts["_y"], s=36, color="tab:gray", alpha=0.7, zorder=3, label="measured trial")
+    if len(front):
+        f = front.assign(_x=numeric(front, xcol), _y=numeric(front, ycol)).sort_values("_x")
+        ax.step(f["_x"], f["_y"], where="post", color="black", ls="--", lw=1.1, zorder=2)
+        ax.scatter(f["_x"], f["_y"], s=160, facecolors="none", edgecolors="black", linewidths=1.2, zorder=4,
+                   label="Pareto front (confirmed)")
+        if xcol == "latency_ms_p50" and "first_latency_ms_p50" in f.columns:  # first draw -> confirmation
+            for _, r in f.iterrows():
+                ax.plot([r["first_latency_ms_p50"], r["_x"]], [r["_y"], r["_y"]], color="black", lw=0.6, alpha=0.5)
+        for _, r in f.iterrows():
+            variant = str(r.get("model", "")).partition("+")[2]
+            ax.annotate(_mpl(f"{r['target']} {r['precision']}" + (f" {variant}" if variant else "")
+                             + f" x{r['threads']}"), (r["_x"], r["_y"]), fontsize=7, xytext=(5, 4),
+                        textcoords="offset points")
+    pick = s.get("pick")
+    if pick is not None:
+        ax.scatter([numeric(pd.DataFrame([pick]), xcol).iloc[0]], [numeric(pd.DataFrame([pick]), ycol).iloc[0]],
+                   marker="*", s=260, color="tab:red", zorder=5, label="pick")
+    if _log_span(pts["_x"]):
+        ax.set_xscale("log")
+    ax.set_xlabel(_AXIS.get(xcol, xname))
+    ax.set_ylabel(_AXIS.get(ycol, yname))
+    ax.set_title("Search: every measured trial and the front")
+    ax.grid(True, alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    judged = len(trials) - len(measured)
+    caption = (f"{len(pts)} measured trial(s) of {len(trials)}; {judged} stopped before the device (skipped: "
+               f"a combination the space cannot build; rejected: build, parity or a host-side constraint). "
+               f"Grey: each trial's first measurement. The dashed line joins the front, measured a second time "
+               f"at the end (ringed; a thin line from its first figure); the star is the pick "
+               f"({html.escape(str(s.get('pick_reason') or 'none'))}). y better when "
+               f"{'lower' if ydir == 'min' else 'higher'}.")
+    alt = f"Scatter plot of {xname} against {yname} for {len(pts)} search trials, with the Pareto front"
+    return Plot("search", "Search: trials and Pareto front", _png(fig), alt, caption)
 
 
 def write_pngs(plots: dict[str, Plot], png_dir: Path) -> dict[str, Path]:
@@ -134,7 +194,7 @@ def write_pngs(plots: dict[str, Plot], png_dir: Path) -> dict[str, Path]:
     """
     png_dir.mkdir(parents=True, exist_ok=True)
     pngs: dict[str, Path] = {}
-    for name in PLOT_NAMES:
+    for name in ("search", *PLOT_NAMES):
         path = png_dir / f"{name}.png"
         if name in plots:
             atomic_write_bytes(path, plots[name].png, mode=0o644)

@@ -106,7 +106,7 @@ class ReportFiles:
 
 
 def write_report(df: pd.DataFrame, meta: dict[str, Any], out: str | Path, *,
-                 png_dir: str | Path | None = None) -> ReportFiles:
+                 png_dir: str | Path | None = None, search: dict[str, Any] | None = None) -> ReportFiles:
     """Write the HTML report of a run to ``out`` (atomically) and its plots as PNGs to ``png_dir``
     (default: ``<out stem>_png/`` beside ``out``).
 
@@ -117,13 +117,41 @@ def write_report(df: pd.DataFrame, meta: dict[str, Any], out: str | Path, *,
     out = Path(out)
     png_dir = Path(png_dir) if png_dir is not None else out.with_name(f"{out.stem}_png")
     table = _prepare(df)
-    plots = draw_plots(table[table["_measured"]])
+    plots = draw_plots(table[table["_measured"]], search)
     pngs = write_pngs(plots, png_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     # 0o644 whatever the umask, like the PNGs: a report is shared, others must be able to read it
     atomic_write_text(out, _page(table, dict(meta or {}), plots), mode=0o644)
     return ReportFiles(html=out, pngs=pngs)
+
+
+def search_data(run_dir: Path) -> dict[str, Any] | None:
+    """A search run's trials, objectives, confirmed front and pick, from its journal (None for other runs)."""
+    from edgekit.config.search import OBJECTIVES
+    from edgekit.results.store import Run
+
+    run = Run(run_dir)
+    meta = run.meta
+    if meta.get("kind") != "search":
+        return None
+    latest: dict[int, dict[str, Any]] = {}
+    for rec in run.records("trial"):
+        latest[rec["number"]] = rec
+    trials = pd.DataFrame([{"trial": n, **r["params"], "status": r["status"], **(r.get("row") or {})}
+                           for n, r in sorted(latest.items())])
+    objectives = []
+    for text in meta["search"]["objectives"]:
+        name, _, direction = text.partition(":")
+        objectives.append((name, OBJECTIVES[name][0], direction or OBJECTIVES[name][1]))
+    fronts = list(run.records("front"))
+    front = pd.DataFrame(fronts[-1]["rows"]) if fronts else pd.DataFrame()
+    pick = front.iloc[0].to_dict() if len(front) and fronts[-1].get("pick_trial") is None else None
+    if len(front) and fronts[-1].get("pick_trial") is not None:
+        chosen = front[front["trial"] == fronts[-1]["pick_trial"]]
+        pick = chosen.iloc[0].to_dict() if len(chosen) else None
+    return {"trials": trials, "objectives": objectives, "front": front, "pick": pick,
+            "pick_reason": fronts[-1].get("pick") if fronts else None}
 
 
 # ---- the table, made uniform ---------------------------------------------------------------------------
@@ -254,7 +282,7 @@ def _plot_sections(t: pd.DataFrame, measured: pd.DataFrame, plots: dict[str, Plo
     if measured.empty:
         out.append('<h2>Plots</h2><p class="empty">No measured rows: nothing to plot'
                    + (f" ({len(t)} row(s), all failed)." if len(t) else ".") + "</p>")
-    for name in PLOT_NAMES:
+    for name in (["search"] if "search" in plots else []) + list(PLOT_NAMES):
         plot = plots.get(name)
         if plot is not None:
             uri = "data:image/png;base64," + base64.b64encode(plot.png).decode("ascii")

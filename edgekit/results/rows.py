@@ -40,7 +40,7 @@ COLUMNS = [
     "energy_mj_per_inference", "energy_total_mj_per_inference", "energy_error_mj", "energy_idle_power_mw",
     "energy_active_power_mw", "energy_window_s", "energy_status", "energy_source", "energy_note",
     *CONDITION_COLUMNS, "emulated", *EXECUTION_COLUMNS, *GPU_COLUMNS,
-    "runtime", "runtime_version", "machine", "python_version", "export_seconds", "artifact_path", "error",
+    "runtime", "runtime_version", "machine", "python_version", "export_seconds", "check_seconds", "cache_hit", "artifact_path", "error",
     "stage",
     "latency_ms_samples", "op_profile",
 ]
@@ -65,7 +65,8 @@ def artifact_row(art: Artifact, device: str) -> dict[str, Any]:
         "parity_top1_agreement": p.top1_agreement if p else None, "parity_ok": bool(p and p.ok),
         "parity_failures": "; ".join(p.failures) if p else None,
         "accuracy": art.accuracy, "reference_accuracy": art.reference_accuracy,
-        "export_seconds": art.export_seconds, "artifact_path": str(art.path) if art.path else None,
+        "export_seconds": art.export_seconds, "check_seconds": art.check_seconds, "cache_hit": art.cache_hit,
+        "artifact_path": str(art.path) if art.path else None,
         "error": art.error,
     }
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from queue import Empty, Queue
 from typing import TYPE_CHECKING, Any, Callable
 
+from edgekit._fs import sha256_file
 from edgekit.testing._netns import NetnsDevice, netns_unavailable, start_netns_device
 from edgekit.testing._sshd import TestDevice, start_sshd
 
@@ -254,7 +255,7 @@ def store_problems(workdir: Path, settle_s: float = 30.0) -> list[str]:
     for group in sorted(store.iterdir()) if store.is_dir() else []:
         if group.name.startswith("."):
             continue
-        digests = {f.name: _sha256(f) for f in group.iterdir() if f.is_file()}
+        digests = {f.name: sha256_file(f) for f in group.iterdir() if f.is_file()}
         if hashlib.sha256(json.dumps(sorted(digests.items())).encode()).hexdigest() != group.name:
             problems.append(f"published group {group.name[:16]} does not match its files {sorted(digests)}")
     return problems
@@ -296,14 +297,6 @@ def _names(folder: Path) -> list[str]:
         return sorted(os.listdir(folder))
     except OSError:
         return []
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _is_agent_run(pid: int) -> bool:

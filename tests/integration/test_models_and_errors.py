@@ -113,7 +113,7 @@ def test_parallel_and_serial_export_agree(tmp_path: Path) -> None:
         events: list[str] = []
         cm = edgekit.compress(small_cnn(), "x86", calib, example_inputs=x)
         arts = edgekit.export(cm, targets=["onnx", "tflite"], out_dir=tmp_path / f"jobs{jobs}", jobs=jobs,
-                              on_event=events.append)
+                              cache=False, on_event=events.append)  # both runs build: no cache hit
         assert all(a.ok for a in arts), [(a.target, a.precision, a.error) for a in arts]
         assert any("(worker 2)" in e for e in events) == (jobs == 2), events
         runs[jobs] = [(a.target, a.precision, a.bytes) for a in arts]
