@@ -211,9 +211,7 @@ class _Search:
             study.sampler = optuna.samplers.TPESampler(seed=seed * 100_003 + len(finished), multivariate=True,
                                                       n_startup_trials=min(8, max(3, trials // 3)))
             trial = study.ask()
-            sp = self.space
-            params = {name: trial.suggest_categorical(name, list(getattr(sp, _FIELD.get(name, name)) or []))
-                      for name in _PARAMS}
+            params = {name: trial.suggest_categorical(name, self._choices(name)) for name in _PARAMS}
             if _key(params) in tried:  # the sampler came back to a combination already judged: not a trial
                 trial.set_user_attr("repeat", True)
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -243,9 +241,11 @@ class _Search:
                 front = self._confirm_on(front, other)
         return self._result(front, stopped)
 
+    def _choices(self, param: str) -> list[Any]:
+        return list(getattr(self.space, _FIELD.get(param, param)) or [])
+
     def _combos(self) -> set[tuple[Any, ...]]:
-        sp = self.space
-        return set(itertools.product(*(getattr(sp, _FIELD.get(name, name)) or [] for name in _PARAMS)))
+        return set(itertools.product(*(self._choices(name) for name in _PARAMS)))
 
     def _tell(self, study: Any, trial: Any, t: _Trial) -> None:
         import optuna
@@ -298,7 +298,7 @@ class _Search:
             t.status, t.row = "reused", {**self.measured[key], **p, "trial": t.number}
             return
         self.say(f"trial {t.number} {_label(p)}: measuring on {self.dev.name}")
-        row = self._measure(art, p["threads"])
+        row = self._measure(art, p["threads"], host)
         t.row = {**row, **p, "trial": t.number}
         if row.get("error"):
             t.status, t.reason = "rejected", f"measurement failed: {row['error']}"
@@ -365,38 +365,41 @@ class _Search:
             self.variants[key] = compress(spec, self.prof, recipe=recipe, train_data=self.train_data)
         return self.variants[key]
 
-    def _measure(self, art: "Artifact", threads: int) -> dict[str, Any]:
+    def _run_on(self, device: Any, art: "Artifact", threads: int, host: dict[str, Any]) -> dict[str, Any]:
+        """``art`` measured on ``device`` at ``threads``: the artifact's host columns, then the device's."""
         from edgekit.device.measure import benchmark
 
         cfg = dataclasses.replace(self.cfg, threads=threads)
-        df = benchmark([art], self.dev, cfg, devices_file=self.devices_file)
-        row = _plain(df.iloc[0].to_dict())
+        return {**host, **_plain(benchmark([art], device, cfg, devices_file=self.devices_file).iloc[0].to_dict())}
+
+    def _measure(self, art: "Artifact", threads: int, host: dict[str, Any]) -> dict[str, Any]:
+        """A measurement on the search's device, journalled; a lost device raises (the search stops)."""
+        row = self._run_on(self.dev, art, threads, host)
         if row.get("error") and _device_lost(row["error"]):
             raise DeviceError(row["error"])
         self.measurements += 1
-        row = {**_host_row(art, self._base_accuracy(None)), **row}
         self.run.append("row", row=row)
         return row
 
     # -- the front --
 
     def _rows(self) -> pd.DataFrame:
-        latest: dict[int, dict[str, Any]] = {}
-        for rec in self.run.records("trial"):
-            latest[rec["number"]] = rec
-        measured = [{**r["row"], "trial": n, "status": r["status"]} for n, r in sorted(latest.items())
-                    if r["status"] in ("measured", "reused")]
+        measured = [{**r["row"], "trial": r["number"], "status": r["status"]}
+                    for r in self.run.latest("trial", "number") if r["status"] in ("measured", "reused")]
         return pd.DataFrame(measured)
 
     def _front(self) -> pd.DataFrame:
         df = self._rows()
         if df.empty:
             return df
-        df["feasible"] = [all((c.miss(_num(r.get(c.column))) == 0) for c in self.cons) for _, r in df.iterrows()]
-        df = df.drop_duplicates(subset=["artifact_sha256", "threads"])
+        return self._feasible_front(df.drop_duplicates(subset=["artifact_sha256", "threads"]))
+
+    def _feasible_front(self, df: pd.DataFrame) -> pd.DataFrame:
+        """The rows that meet every constraint and that no other row dominates on the objectives."""
+        df = df.assign(feasible=[all(c.miss(_num(r.get(c.column))) == 0 for c in self.cons)
+                                 for _, r in df.iterrows()])
         values = np.column_stack([_num_col(df, o.column) * (1 if o.direction == "min" else -1) for o in self.objs])
-        mask = pareto_mask(values) & df["feasible"].to_numpy()
-        return df[mask].reset_index(drop=True)
+        return df[pareto_mask(values) & df["feasible"].to_numpy()].reset_index(drop=True)
 
     def _confirm(self, front: pd.DataFrame) -> pd.DataFrame:
         """Measure every front member again and keep the later figures; members that are no longer on the
@@ -405,27 +408,21 @@ class _Search:
         for _, r in front.iterrows():
             self.say(f"confirming {_label(r.to_dict())}")
             art = _artifact_of(r)
-            row = self._measure(art, int(r["threads"]))
+            row = self._measure(art, int(r["threads"]), _host_row(art, self._base_accuracy(None)))
             confirmed.append({**r.to_dict(), **{k: v for k, v in row.items() if k.startswith(("latency_", "peak_rss",
                               "energy_", "iterations", "noisy"))}, "confirmed": True,
                               "first_latency_ms_p50": r.get("latency_ms_p50")})
-        df = pd.DataFrame(confirmed)
-        df["feasible"] = [all((c.miss(_num(r.get(c.column))) == 0) for c in self.cons) for _, r in df.iterrows()]
-        values = np.column_stack([_num_col(df, o.column) * (1 if o.direction == "min" else -1) for o in self.objs])
-        return df[pareto_mask(values) & df["feasible"].to_numpy()].reset_index(drop=True)
+        return self._feasible_front(pd.DataFrame(confirmed))
 
     def _confirm_on(self, front: pd.DataFrame, other: Any) -> pd.DataFrame:
         """Each front member measured on ``other`` too: its figures as ``<column>@<device>`` columns (a
         device that fails gives its error there instead, and the search's own front stands)."""
-        from edgekit.device.measure import benchmark
-
         self.say(f"confirming the front on {other.name}")
-        arts = [_artifact_of(r) for _, r in front.iterrows()]
         out = front.copy()
-        for i, (art, (_, r)) in enumerate(zip(arts, front.iterrows())):
-            cfg = dataclasses.replace(self.cfg, threads=int(r["threads"]))
-            row = _plain(benchmark([art], other, cfg).iloc[0].to_dict())
-            self.run.append("row", row={**_host_row(art, self._base_accuracy(None)), **row})
+        for i, (_, r) in enumerate(front.iterrows()):
+            art = _artifact_of(r)
+            row = self._run_on(other, art, int(r["threads"]), _host_row(art, self._base_accuracy(None)))
+            self.run.append("row", row=row)
             for col in ("latency_ms_p50", "latency_ms_p90", "peak_rss_mb", "energy_mj_per_inference", "error"):
                 out.loc[out.index[i], f"{col}@{other.name}"] = row.get(col)
         return out
@@ -452,13 +449,10 @@ class _Search:
                             measurements=self.measurements)
 
     def _trials(self) -> pd.DataFrame:
-        latest: dict[int, dict[str, Any]] = {}
-        for rec in self.run.records("trial"):
-            latest[rec["number"]] = rec
         rows = []
-        for n, r in sorted(latest.items()):
+        for r in self.run.latest("trial", "number"):
             row = r.get("row") or {}
-            rows.append({"trial": n, **r["params"], "status": r["status"], "reason": r["reason"],
+            rows.append({"trial": r["number"], **r["params"], "status": r["status"], "reason": r["reason"],
                          **{o.column: row.get(o.column) for o in self.objs},
                          **{c.column: row.get(c.column) for c in self.cons}})
         return pd.DataFrame(rows)

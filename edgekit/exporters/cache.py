@@ -58,6 +58,7 @@ _ENTRY = "entry.json"
 _PACKAGES = ("torch", "executorch", "torchao", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "onnx",
              "onnxruntime", "onnxscript", "numpy")
 _KEY_VERSION = 1  # bump when the key's definition changes
+_FLOAT = ("fp32", "fp16")  # precisions whose bytes the quantization scheme does not touch
 
 
 @dataclass
@@ -231,16 +232,17 @@ def artifact_keys(cm: "CompressedModel", tasks: Sequence[tuple["Target", str]], 
         tuple[str, str], str | None]:
     """(target, precision) -> key; None where the model has no stable key (then it is built, not cached)."""
     base = _model_parts(cm, check)
-    quant = _quant_parts(cm)
+    # the calibration set and QAT data are hashed only when a quantized artifact needs them
+    quant = _quant_parts(cm) if any(p not in _FLOAT for _, p in tasks) else None
     keys: dict[tuple[str, str], str | None] = {}
     for target, precision in tasks:
-        if quant is None and precision != "fp32" and precision != "fp16":
+        if quant is None and precision not in _FLOAT:
             keys[(target.name, precision)] = None
             continue
         parts = {**base, "precision": precision, "target": {
             "format": target.format, "extension": target.extension, "delegate": target.delegate,
             "opset": target.opset, "tolerance": target.tolerance_for(precision).model_dump(mode="json")}}
-        if precision not in ("fp32", "fp16"):
+        if precision not in _FLOAT:
             parts["quantization"] = quant
         keys[(target.name, precision)] = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
     return keys

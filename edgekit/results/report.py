@@ -135,21 +135,17 @@ def search_data(run_dir: Path) -> dict[str, Any] | None:
     meta = run.meta
     if meta.get("kind") != "search":
         return None
-    latest: dict[int, dict[str, Any]] = {}
-    for rec in run.records("trial"):
-        latest[rec["number"]] = rec
-    trials = pd.DataFrame([{"trial": n, **r["params"], "status": r["status"], **(r.get("row") or {})}
-                           for n, r in sorted(latest.items())])
+    trials = pd.DataFrame([{"trial": r["number"], **r["params"], "status": r["status"], **(r.get("row") or {})}
+                           for r in run.latest("trial", "number")])
     objectives = []
     for text in meta["search"]["objectives"]:
         name, _, direction = text.partition(":")
         objectives.append((name, OBJECTIVES[name][0], direction or OBJECTIVES[name][1]))
     fronts = list(run.records("front"))
     front = pd.DataFrame(fronts[-1]["rows"]) if fronts else pd.DataFrame()
-    pick = front.iloc[0].to_dict() if len(front) and fronts[-1].get("pick_trial") is None else None
-    if len(front) and fronts[-1].get("pick_trial") is not None:
-        chosen = front[front["trial"] == fronts[-1]["pick_trial"]]
-        pick = chosen.iloc[0].to_dict() if len(chosen) else None
+    pick_trial = fronts[-1].get("pick_trial") if fronts else None  # set whenever the front has a member
+    chosen = front[front["trial"] == pick_trial] if pick_trial is not None else front.iloc[:0]
+    pick = chosen.iloc[0].to_dict() if len(chosen) else None
     return {"trials": trials, "objectives": objectives, "front": front, "pick": pick,
             "pick_reason": fronts[-1].get("pick") if fronts else None}
 

@@ -118,6 +118,14 @@ class Run:
                 if isinstance(rec, dict) and (kind is None or rec.get("kind") == kind):
                     yield rec
 
+    def latest(self, kind: str, key: str) -> list[dict[str, Any]]:
+        """The last ``kind`` record for each value of its ``key`` field (a later record replaces an earlier
+        one), ordered by that value: a search's trials by number."""
+        last: dict[Any, dict[str, Any]] = {}
+        for rec in self.records(kind):
+            last[rec[key]] = rec
+        return [last[k] for k in sorted(last)]
+
     def journal_rows(self) -> list[dict[str, Any]]:
         """The run's rows from the journal: the last row per key, and a device's failure row only if
         nothing about that device came after it."""
