@@ -282,6 +282,7 @@ def search(
     devices_file: str | Path | None = None,
     confirm_on: Sequence[str] = (),
     mlflow: str | None = None,
+    cluster: str | None = None,
     on_progress: Callable[[str], None] | None = None,
 ) -> "SearchResult":
     """The Pareto front of ``model``'s builds (targets x precisions x channel pruning x threads) for
@@ -291,14 +292,15 @@ def search(
     (``name:min|max`` overrides the direction). Constraints: ``accuracy_drop<=1``, ``p50_ms<=5``,
     ``size_mb<=2``, ``cosine>=0.99``... ``space``: a :class:`edgekit.SearchSpace`, a dict or a YAML file.
     ``trials``: distinct combinations judged (default 20; on resume, the run's unless raised here).
-    ``resume=RUN_ID`` continues a search without repeating a finished trial. See :mod:`edgekit.study`.
+    ``resume=RUN_ID`` continues a search without repeating a finished trial. ``cluster``: a Ray cluster's
+    address: exports as Ray tasks, measurements through the device's leasing actor. See :mod:`edgekit.study`.
     """
     from edgekit.study import search as _search
 
     return _search(model, device, objectives=objectives, constraints=constraints, trials=trials, seed=seed,
                    space=space, profile=profile, train_data=train_data, config=config, device_budget=device_budget,
                    confirm=confirm, results=results, resume=resume, devices_file=devices_file,
-                   confirm_on=confirm_on, mlflow=mlflow, on_progress=on_progress)
+                   confirm_on=confirm_on, mlflow=mlflow, cluster=cluster, on_progress=on_progress)
 
 
 def search_artifact(run_id: str, pick: int | None = None, results: str | Path | None = None) -> "Artifact":

@@ -15,7 +15,8 @@ type. Lower-layer errors (pydantic, yaml, runtimes, subprocess) are translated a
     ├── ExportError            a target could not export a model; names the target and, if known, the op
     ├── DeviceError            a device cannot be used (unsupported kind, unreachable, ...)
     ├── AgentError             the benchmark agent failed; carries the command, exit code, output tail
-    └── ResultsError           a stored run cannot be read, compared or logged (MLflow)
+    ├── ResultsError           a stored run cannot be read, compared or logged (MLflow)
+    └── ClusterError           the Ray cluster cannot be used (Ray missing, address, token, no gateway node)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Iterable, Sequence
 __all__ = [
     "AgentError",
     "CalibrationError",
+    "ClusterError",
     "CompressError",
     "ConfigError",
     "DeviceError",
@@ -163,3 +165,8 @@ def _tail(text: str, lines: int = 15) -> str:
 
 class ResultsError(EdgekitError):
     """A stored run cannot be read, compared, reported or logged; the run's own files are never changed."""
+
+
+class ClusterError(EdgekitError):
+    """The Ray cluster cannot be used: Ray is not installed, the address does not answer, the token is
+    refused, or no node can reach a device (its ``gateway`` matches none). Says what would fix it."""

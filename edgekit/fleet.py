@@ -13,6 +13,8 @@ How a run goes:
 - Every row goes to the run's journal (fsynced) the moment it is measured. A failed device is a row too,
   with the ``stage`` it reached and the cause. ``resume=RUN_ID`` measures only what has no row yet, or
   whose row failed for a device reason (connection, timeout, agent), with the run's own artifacts.
+- With ``FleetConfig.cluster`` the builds run as Ray tasks and each device is measured through its leasing
+  actor (``edgekit.cluster``); everything above stays here, the same for both.
 """
 
 from __future__ import annotations
@@ -31,12 +33,12 @@ from edgekit.config.bench import BenchRequest
 from edgekit.config.device import LOCAL, LocalDevice, SshDevice, device_profile, load_devices, with_trust
 from edgekit.config.profile import Profile
 from edgekit.device.measure import measure_on
-from edgekit._digest import state_sha256
 from edgekit.errors import AgentError, ConfigError, DeviceError, EdgekitError, UnknownNameError
 from edgekit.results.rows import RowKey, row_key
 from edgekit.results.store import Run, artifact_from_record, artifact_record, now_iso
 
 if TYPE_CHECKING:
+    from edgekit.cluster import Cluster
     from edgekit.exporters.base import Artifact, BuildProgress
     from edgekit.transport import Transport
 
@@ -124,11 +126,14 @@ def bench(request: BenchRequest, *, resume: str | None = None, on_progress: Prog
               select_devices(request.devices, request.tags, request.all_devices, request.devices_file)]
     profiles = {d.name: (device_profile(d, request.profile), d) for d in chosen}
     record = request.record([d.name for d in chosen])
+    cluster = _connect(request.fleet_config.cluster)
     if resume:
-        run.update_meta(status="running", resumed=[*run.meta.get("resumed", []), now_iso()])
+        run.update_meta(status="running", resumed=[*run.meta.get("resumed", []), now_iso()],
+                        **({"cluster": cluster.facts()} if cluster else {}))
     else:
-        run = Run.create(request.results, _run_meta(request.model, record, profiles))
-    ctx = _Context(run, request, on_progress or (lambda *a: None), record["model"])
+        run = Run.create(request.results, {**_run_meta(request.model, record, profiles),
+                                           "cluster": cluster.facts() if cluster else None})
+    ctx = _Context(run, request, on_progress or (lambda *a: None), record["model"], cluster)
     exports = _start_exports(ctx, profiles, reuse=bool(resume))
     settled = _settled_keys(run) if resume else {}
     jobs = [_Job(dev, profiles[dev.name][0].name, exports[profiles[dev.name][0].name], settled.get(dev.name, set()))
@@ -155,11 +160,24 @@ def bench(request: BenchRequest, *, resume: str | None = None, on_progress: Prog
 
 
 class _Context:
-    def __init__(self, run: Run, request: BenchRequest, progress: ProgressFn, model: str) -> None:
+    def __init__(self, run: Run, request: BenchRequest, progress: ProgressFn, model: str,
+                 cluster: "Cluster | None" = None) -> None:
         self.run, self.request, self.progress, self.model = run, request, progress, model
         self.cfg, self.fleet = request.bench_config, request.fleet_config
         self.stop = threading.Event()
         self.facts: dict[str, Any] = {}
+        self.cluster = cluster
+        self.built_on: dict[str, str | None] = {}  # profile -> the cluster node that built its artifacts
+        self.bundles: dict[str, Any] = {}  # profile -> its artifacts in the cluster's object store
+        self.lock = threading.Lock()
+
+
+def _connect(address: str | None) -> "Cluster | None":
+    if address is None:
+        return None
+    from edgekit.cluster import connect
+
+    return connect(address)
 
 
 @dataclass
@@ -234,7 +252,9 @@ def _start_exports(ctx: _Context, profiles: dict[str, tuple[Profile, Any]], *,
             fut = futures[name]
             try:
                 arts = _reusable(previous.get(name))
-                if arts is None:
+                if arts is not None:
+                    ctx.built_on[name] = previous[name].get("built_on")
+                else:
                     arts = _export_profile(ctx, prof)
                 fut.set_result(arts)
             except BaseException as exc:  # noqa: BLE001 - the devices of this profile report it
@@ -245,26 +265,29 @@ def _start_exports(ctx: _Context, profiles: dict[str, tuple[Profile, Any]], *,
 
 
 def _export_profile(ctx: _Context, prof: Profile) -> list[Artifact]:
-    from edgekit.compression import compress
-    from edgekit.exporters import export
+    from edgekit.cluster.build import BuildSpec, build_profile
+    from edgekit.exporters.base import BuildProgress
 
     def event(msg: str) -> None:
         ctx.progress(None, f"export {prof.name}", msg)
 
-    started = time.perf_counter()
-    event("compressing")
-    req = ctx.request
-    cm = compress(req.model, prof, req.calibration, input_shape=req.input_shape, allow_pickle=req.allow_pickle,
-                  recipe=req.recipe, on_event=event)
     def built(p: BuildProgress) -> None:  # a line per artifact, its stage as it moves
         ctx.progress(None, f"build {prof.name} {p.target} {p.precision}", p.stage + (f" {p.detail}" if p.detail else ""))
 
-    arts = export(cm, req.targets, ctx.run.root / "artifacts" / prof.name, precisions=req.precisions,
-                  cache=req.cache, on_event=event, on_progress=built)
-    ctx.run.append("artifacts", profile=prof.name, model_sha256=state_sha256(cm.spec.module),
+    started = time.perf_counter()
+    spec, out = BuildSpec.of(ctx.request), ctx.run.root / "artifacts" / prof.name
+    node = None
+    if ctx.cluster is not None:
+        arts, model_sha, node = ctx.cluster.build(
+            spec, prof, out, cpus=ctx.fleet.build_cpus, on_event=event,
+            on_progress=lambda p: built(BuildProgress(p["target"], p["precision"], p["stage"], p["detail"])))
+    else:
+        arts, model_sha = build_profile(spec, prof, out, cache=ctx.request.cache, on_event=event, on_progress=built)
+    ctx.built_on[prof.name] = node
+    ctx.run.append("artifacts", profile=prof.name, model_sha256=model_sha, built_on=node,
                    seconds=round(time.perf_counter() - started, 3),
                    artifacts=[artifact_record(a) for a in arts], sha256=_artifact_hashes(arts))
-    event(f"{sum(a.ok for a in arts)}/{len(arts)} artifacts ready")
+    event(f"{sum(a.ok for a in arts)}/{len(arts)} artifacts ready" + (f" (built on node {node[:12]})" if node else ""))
     return arts
 
 
@@ -354,7 +377,8 @@ def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None
         with job.lock:
             if job.finished.is_set():  # abandoned meanwhile: its failure row is already written
                 return
-            ctx.run.append("row", row={**row, "attempts": job.attempts})
+            extra = {"built_on": ctx.built_on.get(job.profile)} if ctx.cluster is not None else {}
+            ctx.run.append("row", row={**row, **extra, "attempts": job.attempts})
         job.settled.add(row_key(row))
         new_rows += 1
         ctx.progress(name, "measuring", f"{len(job.settled)} rows")
@@ -368,14 +392,24 @@ def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None
         try:
             job.stage = "connect"
             ctx.progress(name, "connecting", f"try {job.attempts}")
-            job.transport = open_transport(job.device)
-            try:
+            if ctx.cluster is not None:
+                ctx.cluster.lease(job.device)  # its actor, on a node its gateway names
                 job.stage = "measure"
-                measure_on(job.transport, artifacts, ctx.cfg,
-                           on_event=lambda msg: ctx.progress(name, "measuring", msg), skip=set(job.settled),
-                           on_row=on_row, on_info=on_info, deadline=job.deadline, raise_transient=True)
-            finally:
-                _close_quietly(job.transport)
+                timings = ctx.cluster.measure(
+                    job.device, _bundle(ctx, job.profile, artifacts), ctx.cfg, skip=set(job.settled),
+                    deadline=job.deadline or time.monotonic() + ctx.fleet.device_timeout, on_row=on_row,
+                    on_info=on_info, on_event=lambda msg: ctx.progress(name, "measuring", msg),
+                    stopped=lambda: job.timed_out or ctx.stop.is_set() or job.finished.is_set())
+                ctx.run.append("cluster_job", device=name, attempt=job.attempts, **timings)
+            else:
+                job.transport = open_transport(job.device)
+                try:
+                    job.stage = "measure"
+                    measure_on(job.transport, artifacts, ctx.cfg,
+                               on_event=lambda msg: ctx.progress(name, "measuring", msg), skip=set(job.settled),
+                               on_row=on_row, on_info=on_info, deadline=job.deadline, raise_transient=True)
+                finally:
+                    _close_quietly(job.transport)
             _finish(ctx, job, DeviceOutcome(name, job.profile, "done", None, job.attempts,
                                             time.monotonic() - job.started, new_rows))
             return
@@ -396,6 +430,15 @@ def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None
             tries = f" (after {job.attempts} tries)" if job.attempts > 1 else ""
             _give_up(ctx, job, stage, f"{exc}{tries}")
             return
+
+
+def _bundle(ctx: _Context, profile: str, artifacts: list[Artifact]) -> Any:
+    """The profile's artifacts in the cluster's object store, put there once (from the run's own folder)."""
+    assert ctx.cluster is not None
+    with ctx.lock:
+        if profile not in ctx.bundles:
+            ctx.bundles[profile] = ctx.cluster.bundle(artifacts, ctx.run.root / "artifacts" / profile)
+        return ctx.bundles[profile]
 
 
 def _give_up(ctx: _Context, job: _Job, stage: str, error: str) -> None:

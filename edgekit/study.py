@@ -95,13 +95,16 @@ def search(
     devices_file: str | Path | None = None,
     confirm_on: Sequence[str] = (),
     mlflow: str | None = None,
+    cluster: str | None = None,
     on_progress: ProgressFn | None = None,
 ) -> SearchResult:
     """Search ``model``'s builds for the Pareto front of ``objectives`` on ``device``; see the module doc.
 
     ``confirm_on``: more devices each front member is measured on at the end (their figures join the
     front as ``<column>@<device>``; the front itself is the search device's). ``mlflow``: a tracking URI
-    the run's rows are logged to, as for ``bench``."""
+    the run's rows are logged to, as for ``bench``. ``cluster``: a Ray cluster's address (``edgekit.cluster``):
+    each trial's export runs there as a task (its compression stays here) and every measurement goes through
+    the device's leasing actor, so a search and fleet runs on one cluster never share a device at once."""
     say = on_progress or (lambda msg: None)
     if resume:
         run = Run.open(resume, results)
@@ -114,6 +117,7 @@ def search(
         profile = profile or stored.get("profile")
         config = config or BenchConfig(**stored["config"])
         device_budget = device_budget if device_budget is not None else stored.get("device_budget")
+        cluster = cluster or stored.get("cluster")
     if model is None:
         raise ConfigError("no model given", field="model")
     trials = DEFAULT_TRIALS if trials is None else trials
@@ -136,7 +140,7 @@ def search(
     record = {"model": _as_given(model), "model_is_object": not isinstance(model, (str, Path)), "device": dev.name,
               "objectives": [str(o) for o in objs], "constraints": [str(c) for c in cons], "trials": trials,
               "seed": seed, "space": sp.model_dump(), "profile": prof.name, "config": dataclasses.asdict(cfg),
-              "device_budget": device_budget}
+              "device_budget": device_budget, "cluster": cluster}
     if resume:
         run.update_meta(status="running", resumed=[*run.meta.get("resumed", []), now_iso()],
                         search={**run.meta["search"], "trials": trials})
@@ -144,7 +148,10 @@ def search(
         run = Run.create(results, {"kind": "search", "model": record["model"], "edgekit_version": __version__,
                                    "search": record})
     extra = [get_device(d, devices_file) for d in confirm_on]  # unknown names fail before any work
-    engine = _Search(run, spec, dev, prof, sp, objs, cons, cfg, train_data, say, devices_file)
+    from edgekit.cluster import connect
+
+    engine = _Search(run, spec, dev, prof, sp, objs, cons, cfg, train_data, say, devices_file,
+                     connect(cluster) if cluster else None)
     result = engine.go(trials, seed, device_budget, confirm, extra)
     if mlflow:
         from edgekit.results.mlflow_log import log_run
@@ -168,8 +175,10 @@ class _Trial:
 class _Search:
     def __init__(self, run: Run, spec: Any, dev: Any, prof: Any, space: SearchSpace, objs: list[Objective],
                  cons: list[Constraint], cfg: BenchConfig, train_data: Any, say: ProgressFn,
-                 devices_file: str | Path | None) -> None:
+                 devices_file: str | Path | None, cluster: Any = None) -> None:
         self.run, self.spec, self.dev, self.prof, self.space = run, spec, dev, prof, space
+        self.cluster = cluster
+        self.bundles: dict[str, Any] = {}  # artifact path -> its files in the cluster's object store
         self.objs, self.cons, self.cfg, self.train_data, self.say = objs, cons, cfg, train_data, say
         self.devices_file = devices_file
         self.variants: dict[tuple[Any, ...], Any] = {}  # (prune, lowrank, ...) -> CompressedModel, once per process
@@ -280,7 +289,9 @@ class _Search:
         cm = self._variant(tuple(p[k] for k in _RECIPE))
         from edgekit.exporters import export
 
-        (art,) = export(cm, [p["target"]], self.run.root / "artifacts", precisions=[p["precision"]], jobs=1)
+        out = self.run.root / "artifacts"
+        built = self.cluster.export(cm, [p["target"]], [p["precision"]], out, on_event=self.say) if self.cluster else None
+        (art,) = built[0] if built else export(cm, [p["target"]], out, precisions=[p["precision"]], jobs=1)
         art.model = _variant_name(self.spec.name, p)
         host = _host_row(art, self._base_accuracy(cm))
         t.row = {**host, **p, "trial": t.number}
@@ -370,7 +381,21 @@ class _Search:
         from edgekit.device.measure import benchmark
 
         cfg = dataclasses.replace(self.cfg, threads=threads)
-        return {**host, **_plain(benchmark([art], device, cfg, devices_file=self.devices_file).iloc[0].to_dict())}
+        if self.cluster is None:
+            return {**host, **_plain(benchmark([art], device, cfg, devices_file=self.devices_file).iloc[0].to_dict())}
+        import time
+
+        from edgekit.results.rows import to_frame
+
+        key = str(art.path)
+        if key not in self.bundles:
+            self.bundles[key] = self.cluster.bundle([art], self.run.root / "artifacts")
+        rows: list[dict[str, Any]] = []
+        budget = cfg.run_timeout + cfg.lock_timeout + 120
+        self.cluster.measure(get_device(device, self.devices_file), self.bundles[key], cfg, skip=(),
+                             deadline=time.monotonic() + budget, on_row=rows.append, on_info=lambda i: None,
+                             on_event=lambda m: None, stopped=lambda: False)
+        return {**host, **_plain(to_frame(rows).iloc[0].to_dict())}
 
     def _measure(self, art: "Artifact", threads: int, host: dict[str, Any]) -> dict[str, Any]:
         """A measurement on the search's device, journalled; a lost device raises (the search stops)."""

@@ -5,6 +5,7 @@ and tracebacks go to stderr. While the agent works, file descriptor 1 is pointed
 that prints from C code cannot corrupt the JSON.
 
 Stages, as reported in errors: ``request`` (reading and checking the request and the inputs file),
+``lock`` (the device's measuring lock stayed held by another run for ``lock_timeout_s``, see ``devlock.py``),
 ``load`` (importing the runtime, constructing the runner; with an ``execution`` block, counting the nodes
 each execution provider runs), ``warmup`` (preparing inputs, first inference,
 warm-up loop), ``run`` (idle baseline, timed loop, statistics, memory, energy, run conditions), ``accuracy``
@@ -115,7 +116,8 @@ REQUEST_FIELDS: dict[str, tuple[str, Optional[float]]] = {
     "min_seconds": (_NUMBER, 0),
     "max_seconds": (_NUMBER, 0),
 }
-OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops", "scratch", "execution")
+OPTIONAL_FIELDS = ("energy", "sha256", "sensors", "eval", "profile_ops", "scratch", "execution", "lock",
+                   "lock_timeout_s", "lock_owner")
 
 
 def read_request(path: str) -> dict[str, Any]:
@@ -218,6 +220,13 @@ def _check_optional(request: dict[str, Any]) -> None:
     scratch = request.get("scratch")
     if scratch is not None and not (isinstance(scratch, str) and os.path.isabs(scratch)):
         raise bad_request(f"request field 'scratch' must be an absolute folder path, got {scratch!r}")
+    lock = request.get("lock")
+    if lock is not None and not (isinstance(lock, str) and os.path.isabs(lock)):
+        raise bad_request(f"request field 'lock' must be an absolute file path, got {lock!r}")
+    if "lock_timeout_s" in request:
+        _check_field("lock_timeout_s", request["lock_timeout_s"], _NUMBER, 0)
+    if not isinstance(request.get("lock_owner", ""), str):
+        raise bad_request(f"request field 'lock_owner' must be a string, got {request['lock_owner']!r}")
     if not isinstance(request.get("profile_ops", False), bool):
         raise bad_request(f"request field 'profile_ops' must be true or false, got {request['profile_ops']!r}")
     path = request.get("eval")
@@ -250,6 +259,20 @@ def load_inputs(path: str) -> list[Any]:
 
 
 def run(request: dict[str, Any]) -> dict[str, Any]:
+    """Hold the device's measuring lock (``devlock``) around :func:`measure_artifact`; the answer says when
+    the window was, on this device's clock, and how long the lock was waited for."""
+    from .devlock import DeviceBusy, measuring_window
+
+    try:
+        with measuring_window(request.get("lock"), float(request.get("lock_timeout_s", 300.0)),
+                              request.get("lock_owner", "")) as window:
+            response = measure_artifact(request)
+    except DeviceBusy as exc:
+        raise StageFailure("lock", "DeviceBusy", str(exc)) from exc
+    return {**response, "window": window}
+
+
+def measure_artifact(request: dict[str, Any]) -> dict[str, Any]:
     """Load, warm up, measure idle power, time, then (untimed) score and profile one artifact."""
     modules = _import_agent_modules()
     sensors = request.get("sensors") or {}

@@ -23,7 +23,7 @@ from pathlib import Path
 
 PACKAGE = "edgekit_agent"
 # The device-side modules; bundle.py itself is host-side and stays out.
-MODULES = ("__init__.py", "__main__.py", "conditions.py", "device_info.py", "execution.py", "gpu.py", "measure.py",
+MODULES = ("__init__.py", "__main__.py", "conditions.py", "devlock.py", "device_info.py", "execution.py", "gpu.py", "measure.py",
            "meters.py", "opprofile.py", "runtimes.py", "sensors.py")
 SHEBANG = b"#!/usr/bin/env python3\n"
 ROOT_MAIN = b'''"""edgekit agent zipapp entry point."""

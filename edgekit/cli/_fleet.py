@@ -27,6 +27,11 @@ from edgekit.cli._main import _json_rows, _print_rows, _print_table, _stderr, _s
               help="Seconds per device, from when its artifacts are ready.")
 @click.option("--retries", type=click.IntRange(min=0), default=2, show_default=True,
               help="Retries of a device after a connection error (exponential back-off).")
+@click.option("--cluster", "cluster", metavar="HOST:PORT",
+              help="Run on this Ray cluster (ray start --head): builds as Ray tasks, each device through one leasing "
+                   "actor on a node its 'gateway' names. Needs edgekit[cluster].")
+@click.option("--build-cpus", type=click.IntRange(min=1), default=2, show_default=True,
+              help="With --cluster: CPUs each profile's build task takes.")
 @opt.results_option
 @click.option("--resume", "resume_id",
               help="Finish run RUN_ID: measure only what it is missing (then --model is optional; the devices are "
@@ -40,7 +45,7 @@ from edgekit.cli._main import _json_rows, _print_rows, _print_table, _stderr, _s
 def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], all_devices: bool,
           profile: str | None, targets: str | None, precisions: str | None, no_cache: bool, calibration: str | None,
           input_shape: str | None, allow_pickle: bool, recipe_file: str | None, parallel: int,
-          device_timeout: float, retries: int, results_dir: str | None, resume_id: str | None,
+          device_timeout: float, retries: int, cluster: str | None, build_cpus: int, results_dir: str | None, resume_id: str | None,
           devices_file: str | None, trust_new_host: bool, mlflow_uri: str | None, report_file: str | None,
           out_file: str | None, as_json: bool, **measure: Any) -> None:
     """Benchmark MODEL on many devices at once; every row is stored as it arrives (see `edgekit results`).
@@ -52,11 +57,16 @@ def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], al
 
     if not resume_id and not model:
         raise click.UsageError("give --model (or --resume RUN_ID)")
+    # A resumed run keeps its own measuring and fleet settings unless some are given again here.
+    given = _given_on_command_line()
+    fleet_given = given & {"parallel", "device_timeout", "retries", "cluster", "build_cpus"}
     request = BenchRequest(
         model=model, devices=opt.csv(device_names), tags=list(tags), all_devices=all_devices, profile=profile,
         targets=opt.csv(targets), precisions=opt.csv(precisions), calibration=calibration, input_shape=input_shape,
-        allow_pickle=allow_pickle, recipe=recipe_file, config=opt.bench_config(**measure),
-        fleet=FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries),
+        allow_pickle=allow_pickle, recipe=recipe_file,
+        config=opt.bench_config(**measure) if not resume_id or given & set(measure) else None,
+        fleet=FleetConfig(parallel=parallel, device_timeout=device_timeout, retries=retries, cluster=cluster,
+                          build_cpus=build_cpus) if not resume_id or fleet_given else None,
         devices_file=devices_file, results=results_dir, trust_new_host=trust_new_host, mlflow=mlflow_uri,
         cache=not no_cache)
     progress = _Progress()
@@ -74,6 +84,13 @@ def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], al
     if not emit_rows(result.df, out_file, as_json):
         _print_fleet(result)
     raise SystemExit(0 if not result.failed else 1)
+
+
+def _given_on_command_line() -> set[str]:
+    """The parameters of this command that were given, not left at their defaults."""
+    ctx = click.get_current_context()
+    return {name for name in ctx.params
+            if ctx.get_parameter_source(name) not in (click.core.ParameterSource.DEFAULT, None)}
 
 
 def _sigterm_interrupts() -> None:

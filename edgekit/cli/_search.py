@@ -38,12 +38,15 @@ _SHOWN = [("trial", "trial"), ("model", "model (variant)"), ("target", "target")
 @click.option("--resume", "resume_id", help="Continue search RUN_ID (its settings are kept; --trials may raise it).")
 @click.option("--confirm-on", "confirm_on", multiple=True, help="Also measure the front on this device (repeat).")
 @click.option("--mlflow", "mlflow_uri", help="Also log the run's rows to this MLflow tracking URI.")
+@click.option("--cluster", "cluster", metavar="HOST:PORT",
+              help="Run on this Ray cluster: each trial's export as a task, measurements through the device's "
+                   "leasing actor. Needs edgekit[cluster].")
 @opt.devices_file_option
 @opt.json_option
 def search(model: str | None, device: str, objectives: str, constraints: tuple[str, ...], trials: int | None, seed: int,
            space: str | None, profile: str | None, device_budget: int | None, no_confirm: bool, min_seconds: float,
            results_dir: str | None, resume_id: str | None, confirm_on: tuple[str, ...], mlflow_uri: str | None,
-           devices_file: str | None, as_json: bool) -> None:
+           cluster: str | None, devices_file: str | None, as_json: bool) -> None:
     """Search MODEL's targets x precisions x pruning x threads for the Pareto front measured on DEVICE.
 
     Exit status 1 when nothing met the constraints or the device was lost (resume with --resume RUN_ID).
@@ -55,7 +58,7 @@ def search(model: str | None, device: str, objectives: str, constraints: tuple[s
             model, device, objectives=opt.csv(objectives) or [], constraints=list(constraints), trials=trials,
             seed=seed, space=space, profile=profile, config=edgekit.BenchConfig(min_seconds=min_seconds),
             device_budget=device_budget, confirm=not no_confirm, results=results_dir, resume=resume_id,
-            devices_file=devices_file, confirm_on=list(confirm_on), mlflow=mlflow_uri,
+            devices_file=devices_file, confirm_on=list(confirm_on), mlflow=mlflow_uri, cluster=cluster,
             on_progress=lambda msg: status.update(escape(msg)))
     if as_json:
         pick = None if result.pick is None else {k: _plain(v) for k, v in result.pick.items()}

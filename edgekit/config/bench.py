@@ -22,6 +22,8 @@ class BenchConfig:
     ``min_seconds`` may be minutes (MLPerf-style minimum duration); ``max_seconds`` then defaults to twice
     that (at least 120 s) and ``timeout`` to what a run may need on top (load, warm-up, idle baseline).
     ``threads`` may be several counts: each artifact is then measured once per count, a row each.
+    ``lock_timeout`` bounds the wait for a device whose measuring lock another run holds (``agent/devlock.py``);
+    it is not part of ``timeout``: a run on a device with a workdir may take ``timeout + lock_timeout``.
     """
 
     warmup_iterations: int = 10
@@ -39,12 +41,13 @@ class BenchConfig:
     device_accuracy: bool = True  # score the eval set with the device's runtime, after timing
     sensors_root: str = "/"  # where /sys and /proc are (tests point it at fake trees)
     include_copies: bool = False  # on a GPU provider, time host<->device copies too (default: GPU time only)
+    lock_timeout: float = 300.0  # how long a run waits for a device whose measuring lock another run holds
 
     def __post_init__(self) -> None:
         for name, lowest in (("warmup_iterations", 0), ("min_iterations", 1)):
             if getattr(self, name) < lowest:
                 raise ConfigError(f"must be >= {lowest}, got {getattr(self, name)}", field=name)
-        for name in ("min_seconds", "warmup_seconds", "idle_seconds"):
+        for name in ("min_seconds", "warmup_seconds", "idle_seconds", "lock_timeout"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be >= 0, got {getattr(self, name)}", field=name)
         if self.energy_interval_s <= 0:
@@ -91,12 +94,19 @@ class FleetConfig:
     backoff_s: float = 1.0  # first wait before a retry; doubled each time, +-25 % jitter
     backoff_max_s: float = 30.0
     grace_s: float = 15.0  # after the deadline, how long a stuck device thread gets before it is abandoned
+    cluster: str | None = None  # a Ray cluster's address (HOST:PORT): builds and devices run there (edgekit.cluster)
+    build_cpus: int = 2  # on a cluster, the CPUs a profile's build task asks for (and its export workers)
 
     def __post_init__(self) -> None:
         if not isinstance(self.parallel, int) or self.parallel < 1:
             raise ConfigError(f"must be an integer >= 1, got {self.parallel!r}", field="parallel")
         if self.retries < 0:
             raise ConfigError(f"must be >= 0, got {self.retries}", field="retries")
+        if not isinstance(self.build_cpus, int) or self.build_cpus < 1:
+            raise ConfigError(f"must be an integer >= 1, got {self.build_cpus!r}", field="build_cpus")
+        if self.cluster is not None and (not isinstance(self.cluster, str) or ":" not in self.cluster):
+            raise ConfigError(f"a Ray cluster address is HOST:PORT (what `ray start --head` printed), got "
+                              f"{self.cluster!r}", field="cluster")
         for name in ("device_timeout", "backoff_s", "backoff_max_s", "grace_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"must be > 0 seconds, got {getattr(self, name)}", field=name)
@@ -185,8 +195,18 @@ class BenchRequest:
             allow_pickle=self.allow_pickle or bool(stored.get("allow_pickle")),
             recipe=self.recipe or stored.get("recipe"),
             config=self.config or BenchConfig(**stored.get("config", {})),
-            fleet=self.fleet or FleetConfig(**stored.get("fleet", {})),
+            fleet=_resumed_fleet(self.fleet, stored.get("fleet", {})),
         )
+
+
+def _resumed_fleet(given: FleetConfig | None, stored: dict[str, Any]) -> FleetConfig:
+    """The fleet settings given, else the run's; a run that ran on a cluster resumes there unless another
+    cluster is named."""
+    if given is None:
+        return FleetConfig(**stored)
+    if given.cluster is None and stored.get("cluster"):
+        return replace(given, cluster=stored["cluster"])
+    return given
 
 
 def _as_given(value: str | Path) -> str:

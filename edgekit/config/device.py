@@ -21,6 +21,10 @@ class _DeviceBase(BaseModel):
     name: str = Field(min_length=1)
     profile: str | None = Field(default=None, description="profile name; local picks the host's when unset")
     tags: list[str] = Field(default_factory=list)
+    gateway: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.\-/]+(=[A-Za-z0-9_.\-/]+)?$",
+        description="on a Ray cluster (--cluster), which nodes can reach this device: 'KEY=VALUE' (a node "
+                    "label, ray start --labels) or 'NAME' (a custom resource, ray start --resources); default: any")
 
 
 class LocalDevice(_DeviceBase):

@@ -6,6 +6,7 @@ others; only a device we cannot use at all (unreachable, agent cannot be install
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 from pathlib import Path
@@ -145,14 +146,25 @@ def _measure(art: Artifact, transport: Transport, agent: str, cfg: BenchConfig, 
     workdir = transport.workdir
     if remote and workdir:  # the agent's (and its runtime's) temporary files stay inside the device's workdir
         request["scratch"] = posixpath.join(workdir, "tmp")
+    if workdir:  # one measuring window at a time on the device, whichever host or cluster asks (agent/devlock.py)
+        where = workdir if remote else os.path.abspath(os.path.expanduser(workdir))
+        request.update(lock=posixpath.join(where, "measure.lock"), lock_timeout_s=cfg.lock_timeout,
+                       lock_owner=lock_owner())
     if remote:  # the agent re-hashes before running: bytes changed on the device are never measured
         request["sha256"] = {staged[f]: file_sha256(f) for f in files} | {r: file_sha256(f) for f, r in pushed.items()}
-    timeout = cfg.run_timeout
+    timeout = cfg.run_timeout + (cfg.lock_timeout if workdir else 0.0)
     if deadline is not None:
         timeout = min(timeout, deadline - time.monotonic())
         if timeout <= 0:
             raise DeviceError("the device's time budget ran out before this artifact ran", device=transport.device_name)
     return run_agent(transport, agent, request, timeout)
+
+
+def lock_owner() -> str:
+    """Who holds a device's lock, as another run waiting for it is told: this host and process."""
+    import socket
+
+    return f"edgekit on {socket.gethostname()} pid {os.getpid()}"
 
 
 def _energy_request(cfg: BenchConfig, art: Artifact) -> dict[str, Any] | None:

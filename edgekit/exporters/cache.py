@@ -38,7 +38,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from edgekit._fs import atomic_write_text, build_cache_dir, sha256_file
 from edgekit.exporters.base import Artifact, ParityResult
@@ -140,17 +140,50 @@ class BuildCache:
         fine either way, and no partial entry is left."""
         if art.path is None or art.error is not None:
             return "not stored: the artifact failed"
-        tmp = self.tmp_dir / f"{key}.{secrets.token_hex(4)}"
-        try:
-            tmp.mkdir(parents=True)
+        path = art.path
+
+        def fill(tmp: Path) -> dict[str, Any]:
             files = {}
             for f in art.files:
                 shutil.copyfile(f, tmp / f.name)
                 files[f.name] = sha256_file(tmp / f.name)
-            record = {"key": key, "key_version": _KEY_VERSION, "created": time.time(), "files": files,
-                      "main": art.path.name, "model": art.model, "target": art.target, "precision": art.precision,
-                      "bytes": art.bytes, "accuracy": art.accuracy, "export_seconds": art.export_seconds,
-                      "check_seconds": art.check_seconds, "parity": asdict(art.parity) if art.parity else None}
+            return {"key": key, "key_version": _KEY_VERSION, "created": time.time(), "files": files,
+                    "main": path.name, "model": art.model, "target": art.target, "precision": art.precision,
+                    "bytes": art.bytes, "accuracy": art.accuracy, "export_seconds": art.export_seconds,
+                    "check_seconds": art.check_seconds, "parity": asdict(art.parity) if art.parity else None}
+
+        return self._commit(key, fill)
+
+    def read_entry(self, key: str) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+        """A checked entry's record and file contents (to hand to another machine), or None."""
+        record, _ = self.lookup(key)
+        if record is None:
+            return None
+        return record, {name: (self.entries_dir / key / name).read_bytes() for name in record["files"]}
+
+    def add_entry(self, key: str, record: dict[str, Any], contents: dict[str, bytes]) -> str | None:
+        """Add an entry built elsewhere (another node's ``read_entry``); every file must match its recorded
+        sha256, else nothing is stored. None when stored, else why not."""
+        if set(contents) != set(record.get("files", {})):
+            return f"not stored: entry {key[:12]} arrived with files {sorted(contents)}, expected {sorted(record.get('files', {}))}"
+        for name, data in contents.items():
+            if hashlib.sha256(data).hexdigest() != record["files"][name]:
+                return f"not stored: {name} of entry {key[:12]} arrived with another sha256 than it was built with"
+
+        def fill(tmp: Path) -> dict[str, Any]:
+            for name, data in contents.items():
+                (tmp / name).write_bytes(data)
+            return record
+
+        return self._commit(key, fill)
+
+    def _commit(self, key: str, fill: Callable[[Path], dict[str, Any]]) -> str | None:
+        """Write an entry whole: ``fill`` writes its files into a fresh folder in ``tmp/`` and gives the
+        record; the folder is renamed into place, or removed."""
+        tmp = self.tmp_dir / f"{key}.{secrets.token_hex(4)}"
+        try:
+            tmp.mkdir(parents=True)
+            record = fill(tmp)
             atomic_write_text(tmp / _ENTRY, json.dumps(record, indent=1))
             final = self.entries_dir / key
             self.entries_dir.mkdir(parents=True, exist_ok=True)

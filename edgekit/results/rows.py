@@ -81,6 +81,7 @@ def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -
     lat = _checked_latency(result, max_ms)
     mem, energy, cond = _mapping(result, "memory"), _mapping(result, "energy"), _mapping(result, "conditions")
     acc, runtime = _mapping(result, "device_accuracy"), _mapping(result, "runtime")
+    window = _mapping(result, "window")
     given = lat.get("ci95_p50")
     ci: list[Any] = given if isinstance(given, list) and len(given) == 2 else [None, None]
     num, text = _number, _text
@@ -108,6 +109,9 @@ def measurement_fields(result: dict[str, Any], *, max_ms: float | None = None) -
         "runtime": text(runtime.get("name")), "runtime_version": text(runtime.get("version")),
         "machine": text(result.get("machine")), "python_version": text(result.get("python")),
         "op_profile": _op_profile(result.get("op_profile")),
+        # the measuring window on the device's own clock, and how long its lock was waited for (agent/devlock.py)
+        "window_start_unix": num(window.get("start_unix")), "window_end_unix": num(window.get("end_unix")),
+        "lock_wait_s": num(window.get("lock_wait_s")),
     }
     if fields["threads"] is None:  # the row's own thread count stands
         del fields["threads"]

@@ -12,12 +12,14 @@ from typing import Any, Sequence
 from edgekit.testing._arm64 import Arm64Unavailable, arm64_root, arm64_unavailable, start_arm64_device
 from edgekit.testing._envs import DEVICE_ENVS, EnvUnavailable, device_python
 from edgekit.testing._netns import NetnsDevice, NetnsUnavailable, netns_unavailable, start_netns_device
+from edgekit.testing._ray import RayTestCluster, start_ray_cluster
 from edgekit.testing._sshd import TestDevice, start_sshd
 
 __all__ = [
-    "DEVICE_ENVS", "Arm64Unavailable", "EnvUnavailable", "NetnsDevice", "NetnsUnavailable", "TestDevice",
+    "DEVICE_ENVS", "Arm64Unavailable", "EnvUnavailable", "NetnsDevice", "NetnsUnavailable", "RayTestCluster",
+    "TestDevice",
     "arm64_root", "arm64_unavailable", "device_python", "netns_unavailable", "start_arm64_device",
-    "start_netns_device", "start_sshd", "write_devices_file",
+    "start_netns_device", "start_ray_cluster", "start_sshd", "write_devices_file",
 ]
 
 

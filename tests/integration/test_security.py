@@ -104,7 +104,8 @@ def test_shell_characters_and_dots_never_run_and_nothing_is_written_outside_the_
     assert not (base / "sub").exists()
     assert not [p for folder in watched.values() for p in folder.iterdir()], "the agent wrote to HOME, TMPDIR or cwd"
     # the agent's temporary files were removed, and so was what a killed run left; the store holds only groups
-    assert sorted(p.name for p in workdir.iterdir()) == ["store", "tmp"] and list((workdir / "tmp").iterdir()) == []
+    assert sorted(p.name for p in workdir.iterdir()) == ["measure.lock", "store", "tmp"]
+    assert list((workdir / "tmp").iterdir()) == [] and (workdir / "measure.lock").read_bytes() == b""  # released
     assert not [p for p in (workdir / "store").iterdir() if p.name.startswith(".")]
 
 

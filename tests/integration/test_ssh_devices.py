@@ -309,8 +309,9 @@ def test_a_run_past_its_timeout_is_killed_on_the_device(sshd_device_factory, iso
                                                         pi4_artifacts) -> None:
     dev = sshd_device_factory("slow", env="host")
     art = next(a for a in pi4_artifacts if a.target == "tflite" and a.precision == "int8")
+    # timeout bounds the run itself; the wait for the device's lock has its own bound (lock_timeout) on top
     cfg = BenchConfig(warmup_iterations=0, warmup_seconds=0, min_iterations=1, min_seconds=60, max_seconds=60,
-                      timeout=8, threads=1)
+                      timeout=8, threads=1, lock_timeout=0)
     start = time.monotonic()
     df = edgekit.benchmark([art], "slow", cfg, devices_file=devices_yaml(dev))
     assert time.monotonic() - start < 40
