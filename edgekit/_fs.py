@@ -27,7 +27,7 @@ import contextlib
 import os
 import secrets
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text", "build_cache_dir", "cache_dir", "sha256_file"]
 
@@ -91,6 +91,28 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, encoding: str 
                       mode: int | None = None) -> None:
     """Write ``text`` to ``path`` whole or not at all (see ``atomic_path``). Newlines are written as given."""
     atomic_write_bytes(path, text.encode(encoding), mode=mode)
+
+
+def write_folder(final: Path, fill: Callable[[Path], None], *, replace: bool = True) -> None:
+    """Create the folder ``final`` whole or not at all: ``fill`` writes into a fresh hidden sibling, which is
+    then renamed into place (what ``final`` held is replaced; without ``replace``, a ``final`` that appears
+    meanwhile, written the same way by another process, is kept). The sibling is removed either way."""
+    import shutil
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}-{secrets.token_hex(4)}"
+    tmp.mkdir(mode=0o755)
+    try:
+        fill(tmp)
+        if replace and final.exists():
+            shutil.rmtree(final)
+        try:
+            tmp.rename(final)
+        except OSError:
+            if replace or not final.is_dir():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _fsync_file(path: Path) -> None:

@@ -168,8 +168,6 @@ class _Context:
         self.facts: dict[str, Any] = {}
         self.cluster = cluster
         self.built_on: dict[str, str | None] = {}  # profile -> the cluster node that built its artifacts
-        self.bundles: dict[str, Any] = {}  # profile -> its artifacts in the cluster's object store
-        self.lock = threading.Lock()
 
 
 def _connect(address: str | None) -> "Cluster | None":
@@ -292,10 +290,10 @@ def _export_profile(ctx: _Context, prof: Profile) -> list[Artifact]:
 
 
 def _artifact_hashes(arts: list[Artifact]) -> dict[str, str]:
+    from edgekit.cluster.bundle import artifact_files
     from edgekit.transport import file_sha256
 
-    files = {Path(f) for a in arts for f in [*a.files, a.path, a.inputs, a.eval_set] if f}
-    return {str(f): file_sha256(f) for f in sorted(files)}
+    return {str(f): file_sha256(f) for f in artifact_files(arts)}
 
 
 def _artifact_records(run: Run) -> dict[str, dict[str, Any]]:
@@ -396,7 +394,8 @@ def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None
                 ctx.cluster.lease(job.device)  # its actor, on a node its gateway names
                 job.stage = "measure"
                 timings = ctx.cluster.measure(
-                    job.device, _bundle(ctx, job.profile, artifacts), ctx.cfg, skip=set(job.settled),
+                    job.device, ctx.cluster.bundle(artifacts, ctx.run.root / "artifacts" / job.profile), ctx.cfg,
+                    skip=set(job.settled),
                     deadline=job.deadline or time.monotonic() + ctx.fleet.device_timeout, on_row=on_row,
                     on_info=on_info, on_event=lambda msg: ctx.progress(name, "measuring", msg),
                     stopped=lambda: job.timed_out or ctx.stop.is_set() or job.finished.is_set())
@@ -430,15 +429,6 @@ def _measure_device(ctx: _Context, job: _Job, artifacts: list[Artifact]) -> None
             tries = f" (after {job.attempts} tries)" if job.attempts > 1 else ""
             _give_up(ctx, job, stage, f"{exc}{tries}")
             return
-
-
-def _bundle(ctx: _Context, profile: str, artifacts: list[Artifact]) -> Any:
-    """The profile's artifacts in the cluster's object store, put there once (from the run's own folder)."""
-    assert ctx.cluster is not None
-    with ctx.lock:
-        if profile not in ctx.bundles:
-            ctx.bundles[profile] = ctx.cluster.bundle(artifacts, ctx.run.root / "artifacts" / profile)
-        return ctx.bundles[profile]
 
 
 def _give_up(ctx: _Context, job: _Job, stage: str, error: str) -> None:

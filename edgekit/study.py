@@ -178,7 +178,6 @@ class _Search:
                  devices_file: str | Path | None, cluster: Any = None) -> None:
         self.run, self.spec, self.dev, self.prof, self.space = run, spec, dev, prof, space
         self.cluster = cluster
-        self.bundles: dict[str, Any] = {}  # artifact path -> its files in the cluster's object store
         self.objs, self.cons, self.cfg, self.train_data, self.say = objs, cons, cfg, train_data, say
         self.devices_file = devices_file
         self.variants: dict[tuple[Any, ...], Any] = {}  # (prune, lowrank, ...) -> CompressedModel, once per process
@@ -387,12 +386,10 @@ class _Search:
 
         from edgekit.results.rows import to_frame
 
-        key = str(art.path)
-        if key not in self.bundles:
-            self.bundles[key] = self.cluster.bundle([art], self.run.root / "artifacts")
         rows: list[dict[str, Any]] = []
         budget = cfg.run_timeout + cfg.lock_timeout + 120
-        self.cluster.measure(get_device(device, self.devices_file), self.bundles[key], cfg, skip=(),
+        bundle = self.cluster.bundle([art], self.run.root / "artifacts")
+        self.cluster.measure(get_device(device, self.devices_file), bundle, cfg, skip=(),
                              deadline=time.monotonic() + budget, on_row=rows.append, on_info=lambda i: None,
                              on_event=lambda m: None, stopped=lambda: False)
         return {**host, **_plain(to_frame(rows).iloc[0].to_dict())}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import threading
@@ -59,7 +60,7 @@ def bench(model: str | None, device_names: str | None, tags: tuple[str, ...], al
         raise click.UsageError("give --model (or --resume RUN_ID)")
     # A resumed run keeps its own measuring and fleet settings unless some are given again here.
     given = _given_on_command_line()
-    fleet_given = given & {"parallel", "device_timeout", "retries", "cluster", "build_cpus"}
+    fleet_given = given & {f.name for f in dataclasses.fields(FleetConfig)}
     request = BenchRequest(
         model=model, devices=opt.csv(device_names), tags=list(tags), all_devices=all_devices, profile=profile,
         targets=opt.csv(targets), precisions=opt.csv(precisions), calibration=calibration, input_shape=input_shape,

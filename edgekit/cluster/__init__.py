@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
@@ -86,6 +87,16 @@ def disconnect() -> None:
     _connected = None
 
 
+def _placement(gateway: str | None) -> dict[str, Any]:
+    """A device's ``gateway`` as Ray actor options: ``KEY=VALUE`` a node label, ``NAME`` a custom resource."""
+    if not gateway:
+        return {}
+    if "=" in gateway:
+        key, value = gateway.split("=", 1)
+        return {"label_selector": {key: value}}
+    return {"resources": {gateway: 0.001}}
+
+
 def _code_digest() -> str:
     from edgekit.exporters.cache import toolchain_versions
 
@@ -102,6 +113,8 @@ class Cluster:
         self.ray = ray
         self._registry: Any = None
         self._actors: dict[str, Any] = {}
+        self._bundles: dict[tuple[str, ...], tuple[Any, str, list[dict[str, Any]]]] = {}
+        self._lock = threading.Lock()
 
     # ---- facts --------------------------------------------------------------------------------------------
 
@@ -123,13 +136,11 @@ class Cluster:
 
     def nodes_for(self, gateway: str | None) -> list[str]:
         """Alive nodes that can reach a device with this ``gateway`` (all of them when None)."""
-        alive = [n for n in self.nodes() if n["alive"]]
-        if gateway is None:
-            return [n["node_id"] for n in alive]
-        if "=" in gateway:
-            key, value = gateway.split("=", 1)
-            return [n["node_id"] for n in alive if n["labels"].get(key) == value]
-        return [n["node_id"] for n in alive if n["resources"].get(gateway, 0) > 0]
+        where = _placement(gateway)
+        labels, resources = where.get("label_selector", {}), where.get("resources", {})
+        return [n["node_id"] for n in self.nodes() if n["alive"]
+                and all(n["labels"].get(k) == v for k, v in labels.items())
+                and all(n["resources"].get(r, 0) > 0 for r in resources)]
 
     # ---- builds -------------------------------------------------------------------------------------------
 
@@ -207,12 +218,6 @@ class Cluster:
                               "'gateway' in devices.yaml", device=device.name)
         from edgekit.cluster._remote import DeviceLease
 
-        where: dict[str, Any] = {}
-        if device.gateway and "=" in device.gateway:
-            key, value = device.gateway.split("=", 1)
-            where["label_selector"] = {key: value}
-        elif device.gateway:
-            where["resources"] = {device.gateway: 0.001}
         # Named by where the device is (its address, workdir, gateway) and edgekit's code: every run on this device
         # shares one actor whatever else it sets (trust, tags, profile); a moved device or another edgekit gets its
         # own actor (and the agent's lock still keeps the two apart).
@@ -220,17 +225,21 @@ class Cluster:
         tag = hashlib.sha256((json.dumps(where_it_is, sort_keys=True) + _code_digest()).encode()).hexdigest()[:12]
         actor = DeviceLease.options(  # type: ignore[attr-defined]
             name=f"device:{device.name}:{tag}", namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
-            max_restarts=-1, max_task_retries=0, **where).remote(device)
+            max_restarts=-1, max_task_retries=0, **_placement(device.gateway)).remote(device)
         self._actors[device.name] = actor
         return actor
 
     def bundle(self, arts: Sequence["Artifact"], root: Path) -> tuple[Any, str, list[dict[str, Any]]]:
         """The artifacts' files in the object store for the devices' nodes to fetch, their digest, and the
-        artifacts' records (small: sent with every call)."""
-        from edgekit.cluster.bundle import digest, pack
+        artifacts' records (small: sent with every call). Put once per set of files (device threads share it)."""
+        from edgekit.cluster.bundle import artifact_files, digest, pack
 
-        packed = pack(arts, root)
-        return self.ray.put(packed), digest(packed), packed["records"]
+        key = tuple(str(f) for f in artifact_files(arts))
+        with self._lock:
+            if key not in self._bundles:
+                packed = pack(arts, root)
+                self._bundles[key] = self.ray.put(packed), digest(packed), packed["records"]
+            return self._bundles[key]
 
     def measure(self, device: "LocalDevice | SshDevice", bundle: tuple[Any, str, list[dict[str, Any]]],
                 cfg: "BenchConfig", *,

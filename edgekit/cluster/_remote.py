@@ -148,6 +148,24 @@ class ClusterBuildCache(BuildCache):
 # ---- build tasks --------------------------------------------------------------------------------------------
 
 
+def _pump(work: Callable[[Callable[[dict[str, Any]], None]], None], last: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    """Run ``work(put)`` in a thread and yield what it puts, as it puts it, through the first item whose kind is
+    in ``last``. Ray's streaming generators yield from the task's own thread, while edgekit's build and
+    measuring report through callbacks: this joins the two. The thread is always waited for, even when the
+    consumer stops listening (a driver gone): an actor's next call never overlaps this one's work."""
+    items: queue.Queue[dict[str, Any]] = queue.Queue()
+    thread = threading.Thread(target=work, args=(items.put,), daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = items.get()
+            yield item
+            if item["kind"] in last:
+                return
+    finally:
+        thread.join()
+
+
 Work = Callable[[Callable[[str], None], Callable[[Any], None]], "tuple[list[Any], dict[str, Any]]"]
 
 
@@ -155,28 +173,16 @@ def _streamed(work: Work, out: Path) -> Iterator[dict[str, Any]]:
     """Run ``work(on_event, on_progress)`` in a thread, streaming ``{"kind": "event"|"progress", ...}`` items as
     they happen, then ``{"kind": "bundle", ...}`` (the artifacts under ``out``, see ``bundle.pack``) or
     ``{"kind": "error", ...}``, each with the node that built."""
-    items: queue.Queue[dict[str, Any]] = queue.Queue()
-    result: dict[str, Any] = {}
-
-    def run() -> None:
+    def run(put: Callable[[dict[str, Any]], None]) -> None:
         try:
-            arts, extra = work(lambda m: items.put({"kind": "event", "msg": m}),
-                               lambda p: items.put({"kind": "progress", "target": p.target, "precision": p.precision,
-                                                    "stage": p.stage, "detail": p.detail}))
-            result.update(arts=arts, extra=extra)
+            arts, extra = work(lambda m: put({"kind": "event", "msg": m}),
+                               lambda p: put({"kind": "progress", "target": p.target, "precision": p.precision,
+                                              "stage": p.stage, "detail": p.detail}))
+            put({"kind": "bundle", **pack(arts, out), **extra, "node": node_id()})
         except BaseException as exc:  # noqa: BLE001 - handed to the driver as the build's failure
-            result["error"] = f"{type(exc).__name__}: {exc}"
-        items.put({"kind": "end"})
+            put({"kind": "error", "message": f"{type(exc).__name__}: {exc}", "node": node_id()})
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    while (item := items.get())["kind"] != "end":
-        yield item
-    thread.join()
-    if "error" in result:
-        yield {"kind": "error", "message": result["error"], "node": node_id()}
-        return
-    yield {"kind": "bundle", **pack(result["arts"], out), **result["extra"], "node": node_id()}
+    yield from _pump(run, ("bundle", "error"))
 
 
 def build_task(spec: BuildSpec, prof: Any, registry: Any, jobs: int) -> Iterator[dict[str, Any]]:
@@ -241,7 +247,6 @@ class DeviceLease:
         from edgekit.transport import open_transport
 
         yield {"kind": "started"}  # the driver times how long the call waited for this actor (scheduling)
-        items: queue.Queue[dict[str, Any]] = queue.Queue()
         if key not in self.unpacked:
             dest = self.root / key
             if not dest.is_dir():  # else another actor on this node wrote (and checked) it already
@@ -253,33 +258,24 @@ class DeviceLease:
         arts = self.unpacked[key]
         deadline = time.monotonic() + budget_s
 
-        def work() -> None:
+        def work(put: Callable[[dict[str, Any]], None]) -> None:
             started = time.perf_counter()
             try:
                 transport = open_transport(self.device)
                 try:
-                    measure_on(transport, arts, cfg, on_event=lambda m: items.put({"kind": "event", "msg": m}),
+                    measure_on(transport, arts, cfg, on_event=lambda m: put({"kind": "event", "msg": m}),
                                skip={tuple(k) for k in skip},
-                               on_row=lambda r: items.put({"kind": "row", "row": {**r, "measured_on": self.node}}),
-                               on_info=lambda i: items.put({"kind": "info", "info": i}), deadline=deadline,
+                               on_row=lambda r: put({"kind": "row", "row": {**r, "measured_on": self.node}}),
+                               on_info=lambda i: put({"kind": "info", "info": i}), deadline=deadline,
                                raise_transient=True)
                 finally:
                     transport.close()
-                items.put({"kind": "end", "measure_s": time.perf_counter() - started})
+                put({"kind": "end", "measure_s": time.perf_counter() - started})
             except (DeviceError, AgentError) as exc:
-                items.put({"kind": "error", "type": type(exc).__name__, "message": str(exc),
-                           "transient": bool(getattr(exc, "transient", False))})
+                put({"kind": "error", "type": type(exc).__name__, "message": str(exc),
+                     "transient": bool(getattr(exc, "transient", False))})
             except BaseException as exc:  # noqa: BLE001 - the driver records it for this device
-                items.put({"kind": "error", "type": "internal", "message": f"{type(exc).__name__}: {exc}",
-                           "transient": False})
+                put({"kind": "error", "type": "internal", "message": f"{type(exc).__name__}: {exc}",
+                     "transient": False})
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = items.get()
-                yield item
-                if item["kind"] in ("end", "error"):
-                    return
-        finally:
-            thread.join()  # even when the driver stopped listening: the next run waits for this one to finish
+        yield from _pump(work, ("end", "error"))

@@ -9,12 +9,10 @@ agent's sha256 check), as without a cluster. Importing this module loads neither
 from __future__ import annotations
 
 import hashlib
-import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from edgekit._fs import write_folder
 from edgekit.errors import ClusterError
 from edgekit.results.store import artifact_from_record, artifact_record
 
@@ -24,7 +22,8 @@ if TYPE_CHECKING:
 _PATHS = ("path", "inputs", "eval_set")
 
 
-def _files(arts: Sequence["Artifact"]) -> list[Path]:
+def artifact_files(arts: Sequence["Artifact"]) -> list[Path]:
+    """Every file the artifacts need on a device: their own, the timing inputs and the eval set."""
     return sorted({Path(f) for a in arts for f in [*a.files, a.path, a.inputs, a.eval_set] if f})
 
 
@@ -33,7 +32,7 @@ def pack(arts: Sequence["Artifact"], root: Path) -> dict[str, Any]:
     under ``root``."""
     root = root.resolve()
     files: dict[str, bytes] = {}
-    for f in _files(arts):
+    for f in artifact_files(arts):
         rel = f.resolve().relative_to(root).as_posix()
         files[rel] = f.read_bytes()
     records = []
@@ -76,21 +75,13 @@ def write_files(bundle: dict[str, Any], dest: Path, *, replace: bool = False) ->
             raise ClusterError(f"artifact file {rel!r} would be written outside its folder; refused")
     if dest.is_dir() and not replace:
         return
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".{dest.name}-{secrets.token_hex(4)}"
-    try:
+
+    def fill(tmp: Path) -> None:
         for rel, data in bundle["files"].items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
             (tmp / rel).write_bytes(data)
-        if replace and dest.exists():
-            shutil.rmtree(dest)
-        try:
-            os.rename(tmp, dest)
-        except OSError:
-            if not dest.is_dir():  # not another process that renamed the same contents there first
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_folder(dest, fill, replace=replace)
 
 
 def artifacts_at(records: list[dict[str, Any]], dest: Path) -> list["Artifact"]:

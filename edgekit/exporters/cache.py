@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
-from edgekit._fs import atomic_write_text, build_cache_dir, sha256_file
+from edgekit._fs import atomic_write_text, build_cache_dir, sha256_file, write_folder
 from edgekit.exporters.base import Artifact, ParityResult
 from edgekit._digest import code_digest, inputs_digest, state_sha256
 
@@ -122,17 +122,11 @@ class BuildCache:
 
     def restore(self, key: str, record: dict[str, Any], final: Path) -> list[Path]:
         """Copy the entry's files into ``final`` (replaced whole, never half-written)."""
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.parent / f".{final.name}-{secrets.token_hex(4)}"
-        tmp.mkdir(mode=0o755)
-        try:
+        def fill(tmp: Path) -> None:
             for name in record["files"]:
                 shutil.copyfile(self.entries_dir / key / name, tmp / name)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+        write_folder(final, fill)
         return [final / name for name in record["files"]]
 
     def store(self, key: str, art: Artifact) -> str | None:
